@@ -1,0 +1,142 @@
+"""``pam-duo-py``: the administrator's command line (SPEC §10)."""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Sequence
+
+from .config import DEFAULT_PATH
+
+EXIT_OK, EXIT_CONFIG, EXIT_DUO, EXIT_CLOCK = 0, 1, 2, 3
+CLOCK_LIMIT = 60.0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pam-duo-py",
+        description="Duo two-factor authentication for Unix logins: administration commands.",
+    )
+    parser.add_argument("-c", "--config", default=DEFAULT_PATH, help=f"config file (default {DEFAULT_PATH})")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    check = sub.add_parser("check", help="validate the config, reach Duo, verify the keys and the clock",
+                           description="Validate the config and every file it names, call Duo's check endpoint to "
+                                       "verify ikey/skey/host, and report the clock offset. With --user, also run "
+                                       "preauth for that user and say what would happen (no push is sent). "
+                                       "Exit 0 ok, 1 config error, 2 Duo unreachable or keys rejected, "
+                                       "3 clock offset too large.")
+    check.add_argument("--user", metavar="NAME", help="local user to dry-run preauth for")
+
+    simulate = sub.add_parser("simulate", help="run the local Duo simulator",
+                              description="Run a local HTTPS server that speaks the Duo Auth API v2 and plays "
+                                          "scripted users. Writes a config snippet (mode 0600) and prints its path.")
+    simulate.add_argument("--port", help="TCP port on localhost (default: any free port)")
+    simulate.add_argument("--state-dir", help="directory for keys, certificates, snippet and request log")
+
+    sub.add_parser("broker", help="run the privileged broker for pam-duo-login",
+                   description="Listen on the broker socket and run logins for pam-duo-login and the PAM module.")
+    return parser
+
+
+def _check(config_path: str, user: str | None) -> int:
+    from .config import load_config
+    from .errors import ConfigError, DuoError
+
+    try:
+        config = load_config(config_path)
+    except ConfigError as exc:
+        print(f"Configuration errors ({len(exc.problems)}):", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return EXIT_CONFIG
+    print(f"Config {config_path}: OK")
+    if config.log.audit_file:
+        from . import files
+        from .errors import FileRuleError
+
+        try:
+            files.check_directories(config.log.audit_file)
+        except FileRuleError as exc:
+            print(f"Configuration error: {config_path}: log.audit_file: {exc}", file=sys.stderr)
+            return EXIT_CONFIG
+
+    from .duo import DuoClient
+
+    client = DuoClient(config.duo)
+    host = config.duo.host + (f":{config.duo.port}" if config.duo.port else "")
+    try:
+        client.check()
+    except DuoError as exc:
+        print(f"Duo {host}: FAILED: {exc}", file=sys.stderr)
+        return EXIT_DUO
+    print(f"Duo {host}: reachable, keys accepted")
+    offset = client.server_time_offset
+    status = EXIT_OK
+    if offset is None:
+        print("Clock: Duo sent no Date header; offset unknown")
+    elif abs(offset) > CLOCK_LIMIT:
+        print(f"Clock: this machine's clock differs from Duo's by {offset:+.0f} s: too large "
+              f"(Duo refuses requests more than a few minutes off); fix NTP", file=sys.stderr)
+        status = EXIT_CLOCK
+    else:
+        print(f"Clock: offset from Duo {offset:+.0f} s (OK)")
+
+    if user:
+        from . import users as users_mod
+        from .answers import build_menu
+
+        local = users_mod.lookup(user)
+        if local is None:
+            print(f"User {user}: no such local user", file=sys.stderr)
+            return EXIT_CONFIG
+        if config.users.groups and not config.users.requires_duo(users_mod.group_names(local)):
+            print(f"User {user}: exempt (not in users.groups); Duo is not asked")
+            client.close()
+            return status
+        identity = config.users.duo_identity(local.name)
+        try:
+            pre = client.preauth(identity, ipaddr=None, hostname=None, verified_push=config.auth.verified_push)
+        except DuoError as exc:
+            print(f"User {user}: preauth FAILED: {exc}", file=sys.stderr)
+            return EXIT_DUO
+        finally:
+            client.close()
+        shown = f"Duo user {identity}"
+        if pre.result == "allow":
+            print(f"User {user} ({shown}): allowed without a second factor ({pre.status_msg})")
+        elif pre.result == "deny":
+            print(f"User {user} ({shown}): denied: {pre.status_msg}")
+        elif pre.result == "enroll":
+            print(f"User {user} ({shown}): must enroll first: {pre.enroll_portal_url}")
+        else:
+            print(f"User {user} ({shown}): second factor required; the menu would offer:")
+            menu = build_menu(local.name, pre.devices)
+            for number, option in enumerate(menu.options, start=1):
+                print(f"  {number}. {option.label}")
+            print("  or a passcode")
+            default = menu.default()
+            mode = "autopush" if config.auth.autopush else "menu"
+            print(f"  mode: {mode}; non-interactive logins push to: {default.label if default else 'nothing (no push device)'}")
+    client.close()
+    return status
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["simulate"] and not any(a in ("-h", "--help") for a in argv):
+        from .simulator import main as simulate_main
+
+        return simulate_main(argv[1:])
+    args = _parser().parse_args(argv)
+    if args.command == "check":
+        return _check(args.config, args.user)
+    if args.command == "broker":
+        from .broker import main as broker_main
+
+        return broker_main(args.config)
+    return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

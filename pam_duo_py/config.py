@@ -1,0 +1,394 @@
+"""Configuration: ``/etc/pam_duo_py/pam_duo.toml`` parsed once into frozen, validated objects.
+
+Every problem is collected and reported at once. TOML syntax errors name the
+file and line; every other problem names the file and the dotted key.
+"""
+from __future__ import annotations
+
+import fnmatch
+import os
+import re
+import sys
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from . import files
+from .errors import ConfigError, FileRuleError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised only on older Pythons
+    import tomli as tomllib
+
+DEFAULT_PATH = "/etc/pam_duo_py/pam_duo.toml"
+DEFAULT_SOCKET = "/run/pam_duo_py/broker.sock"
+
+_IKEY = re.compile(r"^DI[0-9A-Z]{18}$")
+_SKEY = re.compile(r"^[0-9A-Za-z]{40}$")
+_HOSTNAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
+_PROXY = re.compile(r"^http://(?:(?P<user>[^:@/\s]+):(?P<password>[^@/\s]*)@)?(?P<host>[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\]):(?P<port>[0-9]{1,5})/?$")
+_USER_ID = re.compile(r"^DU[0-9A-Z]{18}$")
+_GROUP_PATTERN = re.compile(r"^!?[^\s!]+$")
+
+
+@dataclass(frozen=True)
+class Proxy:
+    host: str
+    port: int
+    user: str | None = None
+    password: str | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
+class DuoSettings:
+    ikey: str
+    skey: str = field(repr=False)
+    host: str
+    port: int | None
+    ca_file: str | None
+    proxy: Proxy | None
+    timeout: float
+
+
+@dataclass(frozen=True)
+class AuthSettings:
+    failmode: str = "secure"
+    autopush: bool = False
+    prompts: int = 3
+    push_timeout: float = 75.0
+    pushinfo: bool = True
+    pushinfo_command: bool = False
+    verified_push: bool = False
+    accept_env_factor: bool = False
+
+
+@dataclass(frozen=True)
+class DuoIdentity:
+    """Who the user is at Duo: a username, or a Duo user id (``DU...``)."""
+
+    username: str | None = None
+    user_id: str | None = None
+
+    def params(self) -> dict[str, str]:
+        return {"user_id": self.user_id} if self.user_id else {"username": self.username or ""}
+
+    def __str__(self) -> str:
+        return self.user_id or self.username or ""
+
+
+@dataclass(frozen=True)
+class UsersSettings:
+    groups: tuple[str, ...] = ()
+    map_file: str | None = None
+    mapping: tuple[tuple[str, DuoIdentity], ...] = ()
+
+    def duo_identity(self, local_user: str) -> DuoIdentity:
+        for name, identity in self.mapping:
+            if name == local_user:
+                return identity
+        return DuoIdentity(username=local_user)
+
+    def requires_duo(self, group_names: list[str]) -> bool:
+        """SPEC: a positive pattern matches one of the groups and no negated pattern does."""
+        if not self.groups:
+            return True
+        positive = [p for p in self.groups if not p.startswith("!")]
+        negative = [p[1:] for p in self.groups if p.startswith("!")]
+        if any(fnmatch.fnmatchcase(g, p) for g in group_names for p in negative):
+            return False
+        return any(fnmatch.fnmatchcase(g, p) for g in group_names for p in positive)
+
+
+@dataclass(frozen=True)
+class LogSettings:
+    audit_file: str | None = None
+
+
+@dataclass(frozen=True)
+class BrokerSettings:
+    socket: str = DEFAULT_SOCKET
+
+
+@dataclass(frozen=True)
+class Config:
+    path: str
+    duo: DuoSettings
+    auth: AuthSettings
+    users: UsersSettings
+    log: LogSettings
+    broker: BrokerSettings
+
+
+class _Problems:
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.items: list[str] = []
+
+    def add(self, key: str, message: str) -> None:
+        self.items.append(f"{self.path}: {key}: {message}")
+
+    def add_file(self, key: str, exc: FileRuleError) -> None:
+        self.items.append(f"{self.path}: {key}: {exc.path}: {exc.reason}")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _type_name(value: Any) -> str:
+    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "an array", dict: "a table"}.get(
+        type(value), type(value).__name__
+    )
+
+
+_SCHEMA: dict[str, dict[str, type]] = {
+    "duo": {"ikey": str, "skey": str, "skey_file": str, "host": str, "ca_file": str, "proxy": str, "timeout": float},
+    "auth": {
+        "failmode": str, "autopush": bool, "prompts": int, "push_timeout": float, "pushinfo": bool,
+        "pushinfo_command": bool, "verified_push": bool, "accept_env_factor": bool,
+    },
+    "users": {"groups": list, "map_file": str},
+    "log": {"audit_file": str},
+    "broker": {"socket": str},
+}
+
+
+def _typed(problems: _Problems, table: dict[str, Any], section: str) -> dict[str, Any]:
+    """Drop keys of the wrong type (reporting them) and unknown keys (reporting them)."""
+    result: dict[str, Any] = {}
+    schema = _SCHEMA[section]
+    for key, value in table.items():
+        dotted = f"{section}.{key}"
+        expected = schema.get(key)
+        if expected is None:
+            problems.add(dotted, "unknown key")
+            continue
+        if expected is float:
+            ok = _is_number(value)
+        elif expected is int:
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        else:
+            ok = isinstance(value, expected)
+        if not ok:
+            wanted = {float: "a number", int: "an integer", bool: "true or false", str: "a string", list: "an array of strings"}[expected]
+            problems.add(dotted, f"must be {wanted}, not {_type_name(value)}")
+            continue
+        result[key] = value
+    return result
+
+
+def _absolute_path(problems: _Problems, key: str, value: str) -> str | None:
+    if value == "":
+        return None
+    if not os.path.isabs(value) or "\0" in value:
+        problems.add(key, f"must be an absolute path, not {value!r}")
+        return None
+    return value
+
+
+def parse_map_file(text: str, path: str) -> tuple[tuple[tuple[str, DuoIdentity], ...], list[str]]:
+    """Parse ``localname duoname`` / ``localname user_id=DU...`` lines. Returns (mapping, problems)."""
+    mapping: list[tuple[str, DuoIdentity]] = []
+    problems: list[str] = []
+    seen: set[str] = set()
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        parts = line.split()
+        if len(parts) != 2:
+            problems.append(f"{path}: line {number}: expected 'localname duoname' or 'localname user_id=DU...'")
+            continue
+        local, target = parts
+        if local in seen:
+            problems.append(f"{path}: line {number}: {local!r} is mapped twice")
+            continue
+        seen.add(local)
+        if target.startswith("user_id="):
+            user_id = target[len("user_id="):]
+            if not _USER_ID.match(user_id):
+                problems.append(f"{path}: line {number}: user_id must be 'DU' followed by 18 letters or digits")
+                continue
+            mapping.append((local, DuoIdentity(user_id=user_id)))
+        else:
+            if len(target) > 100 or any(ord(c) < 0x20 or ord(c) == 0x7F for c in target):
+                problems.append(f"{path}: line {number}: invalid Duo username")
+                continue
+            mapping.append((local, DuoIdentity(username=target)))
+    return tuple(mapping), problems
+
+
+def _parse_duo(problems: _Problems, raw: dict[str, Any], read: Callable[[str, bool], bytes]) -> DuoSettings | None:
+    table = _typed(problems, raw, "duo")
+    ikey = table.get("ikey")
+    if ikey is None:
+        problems.add("duo.ikey", "required key is missing")
+    elif not _IKEY.match(ikey):
+        problems.add("duo.ikey", "must be 'DI' followed by 18 capital letters or digits")
+
+    skey = table.get("skey")
+    skey_file = table.get("skey_file")
+    if skey is not None and skey_file is not None:
+        problems.add("duo.skey_file", "give either duo.skey or duo.skey_file, not both")
+        skey = None
+    elif skey is None and skey_file is None:
+        problems.add("duo.skey", "required key is missing (or set duo.skey_file)")
+    elif skey_file is not None:
+        path = _absolute_path(problems, "duo.skey_file", skey_file)
+        if path is not None:
+            try:
+                skey = read(path, True).decode("utf-8", "replace").strip()
+            except FileRuleError as exc:
+                problems.add_file("duo.skey_file", exc)
+        elif skey_file == "":
+            problems.add("duo.skey_file", "must not be empty")
+    if skey is not None and not _SKEY.match(skey):
+        problems.add("duo.skey_file" if skey_file else "duo.skey", "must be 40 letters or digits")
+        skey = None
+
+    host_value = table.get("host")
+    host = port = None
+    if host_value is None:
+        problems.add("duo.host", "required key is missing")
+    else:
+        name, sep, port_text = host_value.rpartition(":")
+        if not sep:
+            name, port_text = host_value, ""
+        if not _HOSTNAME.match(name):
+            problems.add("duo.host", f"not a valid host name: {host_value!r}")
+        elif port_text and (not port_text.isdigit() or not 0 < int(port_text) < 65536):
+            problems.add("duo.host", f"not a valid port: {port_text!r}")
+        else:
+            host = name.lower()
+            port = int(port_text) if port_text else None
+
+    ca_file = None
+    if "ca_file" in table:
+        ca_file = _absolute_path(problems, "duo.ca_file", table["ca_file"])
+        if ca_file is not None:
+            try:
+                read(ca_file, False)
+            except FileRuleError as exc:
+                problems.add_file("duo.ca_file", exc)
+
+    proxy = None
+    if table.get("proxy"):
+        match = _PROXY.match(table["proxy"])
+        if not match or not 0 < int(match["port"]) < 65536:
+            problems.add("duo.proxy", "must look like http://[user:password@]host:port")
+        else:
+            proxy = Proxy(host=match["host"].strip("[]"), port=int(match["port"]), user=match["user"], password=match["password"])
+
+    timeout = float(table.get("timeout", 10))
+    if timeout < 0.1:
+        problems.add("duo.timeout", "must be at least 0.1 seconds")
+    elif timeout > 600:
+        problems.add("duo.timeout", "must be at most 600 seconds")
+
+    if ikey is None or skey is None or host is None:
+        return None
+    return DuoSettings(ikey=ikey, skey=skey, host=host, port=port, ca_file=ca_file, proxy=proxy, timeout=timeout)
+
+
+def _parse_auth(problems: _Problems, raw: dict[str, Any]) -> AuthSettings:
+    table = _typed(problems, raw, "auth")
+    defaults = AuthSettings()
+    failmode = table.get("failmode", defaults.failmode)
+    if failmode not in ("secure", "safe"):
+        problems.add("auth.failmode", f"must be \"secure\" or \"safe\", not {failmode!r}")
+        failmode = "secure"
+    prompts = table.get("prompts", defaults.prompts)
+    if not 1 <= prompts <= 3:
+        problems.add("auth.prompts", "must be 1, 2 or 3")
+    push_timeout = float(table.get("push_timeout", defaults.push_timeout))
+    if not 0.1 <= push_timeout <= 600:
+        problems.add("auth.push_timeout", "must be between 0.1 and 600 seconds")
+    settings = AuthSettings(
+        failmode=failmode,
+        autopush=table.get("autopush", defaults.autopush),
+        prompts=prompts,
+        push_timeout=push_timeout,
+        pushinfo=table.get("pushinfo", defaults.pushinfo),
+        pushinfo_command=table.get("pushinfo_command", defaults.pushinfo_command),
+        verified_push=table.get("verified_push", defaults.verified_push),
+        accept_env_factor=table.get("accept_env_factor", defaults.accept_env_factor),
+    )
+    if settings.autopush and settings.verified_push:
+        problems.add("auth.verified_push", "cannot be used together with auth.autopush")
+    return settings
+
+
+def _parse_users(problems: _Problems, raw: dict[str, Any], read: Callable[[str, bool], bytes]) -> UsersSettings:
+    table = _typed(problems, raw, "users")
+    groups = table.get("groups", [])
+    clean: list[str] = []
+    for index, pattern in enumerate(groups):
+        if not isinstance(pattern, str) or not _GROUP_PATTERN.match(pattern):
+            problems.add(f"users.groups[{index}]", "must be a group name or pattern, optionally prefixed with '!'")
+        else:
+            clean.append(pattern)
+    if clean and all(p.startswith("!") for p in clean):
+        problems.add("users.groups", "has only negated patterns, which would match nobody; add a positive pattern such as \"*\"")
+    map_file = _absolute_path(problems, "users.map_file", table.get("map_file", ""))
+    mapping: tuple[tuple[str, DuoIdentity], ...] = ()
+    if map_file is not None:
+        try:
+            text = read(map_file, False).decode("utf-8")
+        except FileRuleError as exc:
+            problems.add_file("users.map_file", exc)
+        except UnicodeDecodeError:
+            problems.add("users.map_file", f"{map_file}: not valid UTF-8")
+        else:
+            mapping, map_problems = parse_map_file(text, map_file)
+            problems.items.extend(f"{problems.path}: users.map_file: {p}" for p in map_problems)
+    return UsersSettings(groups=tuple(clean), map_file=map_file, mapping=mapping)
+
+
+def parse_config(text: str, path: str, read: Callable[[str, bool], bytes] | None = None) -> Config:
+    """Parse and validate config text. ``read(path, secret)`` reads referenced files (default: the file rule)."""
+    read = read or (lambda p, secret: files.read_checked(p, secret=secret))
+    problems = _Problems(path)
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        message = str(exc)
+        match = re.search(r"\(at line (\d+), column (\d+)\)", message)
+        where = f"line {match[1]}" if match else "syntax"
+        detail = re.sub(r"\s*\(at line \d+, column \d+\)", "", message)
+        raise ConfigError([f"{path}: {where}: TOML syntax error: {detail}"]) from None
+
+    sections: dict[str, dict[str, Any]] = {}
+    for name, value in data.items():
+        if name not in _SCHEMA:
+            problems.add(name, "unknown section" if isinstance(value, dict) else "unknown key")
+        elif not isinstance(value, dict):
+            problems.add(name, "must be a table")
+        else:
+            sections[name] = value
+    if "duo" not in sections and "duo" not in data:
+        problems.add("duo", "required section is missing")
+
+    duo = _parse_duo(problems, sections.get("duo", {}), read)
+    auth = _parse_auth(problems, sections.get("auth", {}))
+    users = _parse_users(problems, sections.get("users", {}), read)
+    log_table = _typed(problems, sections.get("log", {}), "log")
+    log = LogSettings(audit_file=_absolute_path(problems, "log.audit_file", log_table.get("audit_file", "")))
+    broker_table = _typed(problems, sections.get("broker", {}), "broker")
+    socket_path = _absolute_path(problems, "broker.socket", broker_table.get("socket", DEFAULT_SOCKET)) or DEFAULT_SOCKET
+
+    if problems.items or duo is None:
+        raise ConfigError(problems.items or [f"{path}: duo: incomplete"])
+    return Config(path=path, duo=duo, auth=auth, users=users, log=log, broker=BrokerSettings(socket=socket_path))
+
+
+def load_config(path: str = DEFAULT_PATH) -> Config:
+    """Read the config file under the file rule (it may hold skey, so it must not be readable by others)."""
+    try:
+        raw = files.read_checked(path, secret=True)
+    except FileRuleError as exc:
+        raise ConfigError([f"{exc.path}: {exc.reason}"]) from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError([f"{path}: not valid UTF-8"]) from None
+    return parse_config(text, path)

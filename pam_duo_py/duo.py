@@ -1,0 +1,375 @@
+"""The Duo client layer: ``duo_client.Auth`` with the guarantees a login needs.
+
+duo-client (pinned to 5.7.0) signs requests and parses replies. On top of it
+this module adds, by overriding its connection and request hooks:
+
+* the CA is always pinned: ``ca_file`` or duo-client's own bundle, never the
+  environment; the proxy comes only from the config;
+* ``timeout`` is one overall deadline per API call, connect, TLS handshake and
+  every read included (duo-client's own timeout applies per socket operation);
+  when the host has several addresses a dead one hands over to the next within
+  that deadline;
+* one keep-alive connection per login (one TCP connection, one TLS handshake)
+  with ``TCP_NODELAY``;
+* HTTP 429 is retried only while the wait (``Retry-After`` when given) fits
+  into the call's deadline, instead of duo-client's fixed 63 s loop;
+* every low-level failure is mapped, here and only here, to the exception tree
+  of :mod:`pam_duo_py.errors`.
+"""
+from __future__ import annotations
+
+import email.utils
+import http.client
+import io
+import socket
+import ssl
+import time
+from typing import Any, Callable, Protocol
+
+from . import replies
+from .config import DuoIdentity, DuoSettings
+from .errors import (
+    DuoCredentialsRejected,
+    DuoError,
+    DuoMalformedReply,
+    DuoRateLimited,
+    DuoRefused,
+    DuoTimeout,
+    DuoUnavailable,
+)
+
+Clock = Callable[[], float]
+MAX_RATE_LIMIT_RETRIES = 3
+
+
+class DuoApi(Protocol):
+    """What the decision engine needs from Duo (the real client, or a fake in tests)."""
+
+    def preauth(self, identity: DuoIdentity, *, ipaddr: str | None, hostname: str | None,
+                verified_push: bool) -> replies.Preauth: ...
+
+    def auth(self, identity: DuoIdentity, factor: str, params: dict[str, str]) -> dict[str, Any]: ...
+
+    def auth_status(self, txid: str, timeout: float) -> replies.AuthResult: ...
+
+    def close(self) -> None: ...
+
+
+class _DeadlineSocket:
+    """A socket wrapper that arms the remaining time of the call before every send and receive."""
+
+    def __init__(self, sock: socket.socket, remaining: Callable[[], float]) -> None:
+        self._sock = sock
+        self._remaining = remaining
+
+    def _arm(self) -> None:
+        left = self._remaining()
+        if left <= 0:
+            raise TimeoutError("deadline passed")
+        self._sock.settimeout(left)
+
+    def sendall(self, data: bytes) -> None:
+        self._arm()
+        self._sock.sendall(data)
+
+    def recv_into(self, buffer: Any, nbytes: int = 0) -> int:
+        self._arm()
+        return self._sock.recv_into(buffer, nbytes)
+
+    def makefile(self, mode: str = "rb", *args: Any, **kwargs: Any) -> io.BufferedReader:
+        return io.BufferedReader(socket.SocketIO(self, "rb"))  # type: ignore[arg-type]
+
+    def _decref_socketios(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self._sock.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+
+def _open_tcp(host: str, port: int, remaining: Callable[[], float]) -> socket.socket:
+    """Connect to the first address that answers; each address gets an equal share of the time left."""
+    infos = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)
+    last: OSError | None = None
+    for index, (family, kind, proto, _, address) in enumerate(infos):
+        left = remaining()
+        if left <= 0:
+            break
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.settimeout(left / (len(infos) - index))
+            sock.connect(address)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            return sock
+        except OSError as exc:
+            last = exc
+            sock.close()
+    raise last or TimeoutError("deadline passed before connecting")
+
+
+class _Connection(http.client.HTTPConnection):
+    """HTTPS (optionally through an HTTP CONNECT proxy) under one deadline per call."""
+
+    def __init__(self, host: str, port: int, context: ssl.SSLContext, remaining: Callable[[], float]) -> None:
+        super().__init__(host, port)
+        self._context = context
+        self._remaining = remaining
+
+    def connect(self) -> None:
+        tcp = _open_tcp(self.host, self.port, self._remaining)
+        try:
+            if self._tunnel_host:
+                self.sock = _DeadlineSocket(tcp, self._remaining)
+                self._tunnel()
+            left = self._remaining()
+            if left <= 0:
+                raise TimeoutError("deadline passed before the TLS handshake")
+            tcp.settimeout(left)
+            tls = self._context.wrap_socket(tcp, server_hostname=self._tunnel_host or self.host)
+        except BaseException:
+            tcp.close()
+            raise
+        self.sock = _DeadlineSocket(tls, self._remaining)
+
+
+def _ssl_context(ca_file: str | None) -> ssl.SSLContext:
+    if ca_file is None:
+        import duo_client.client
+
+        ca_file = duo_client.client.DEFAULT_CA_CERTS
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_verify_locations(cafile=ca_file)
+    context.check_hostname = True
+    context.verify_mode = ssl.CERT_REQUIRED
+    return context
+
+
+def retry_after_seconds(value: str | None, now: float) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (integer seconds or an HTTP date)."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when is None:
+        return None
+    return max(0.0, when.timestamp() - now)
+
+
+def _make_auth_class() -> type:
+    import duo_client
+
+    class DeadlineAuth(duo_client.Auth):
+        """duo_client.Auth whose connection and request loop follow the rules of this module."""
+
+        def __init__(self, settings: DuoSettings, clock: Clock, sleep: Callable[[float], None]) -> None:
+            super().__init__(
+                ikey=settings.ikey, skey=settings.skey, host=settings.host, port=settings.port,
+                ca_certs=settings.ca_file, timeout=settings.timeout,
+            )
+            self._settings = settings
+            self._clock = clock
+            self._sleep = sleep
+            self._context = _ssl_context(settings.ca_file)
+            self._conn: _Connection | None = None
+            self.deadline = 0.0
+            self.server_time_offset: float | None = None
+            self.connections_opened = 0
+            if settings.proxy:
+                headers = {}
+                if settings.proxy.user is not None:
+                    import base64
+
+                    token = base64.b64encode(f"{settings.proxy.user}:{settings.proxy.password or ''}".encode()).decode()
+                    headers["Proxy-Authorization"] = "Basic " + token
+                self.set_proxy(settings.proxy.host, settings.proxy.port, headers)
+
+        def remaining(self) -> float:
+            return self.deadline - self._clock()
+
+        def _connect(self) -> _Connection:
+            port = self._settings.port or 443
+            if self.proxy_type == "CONNECT":
+                conn = _Connection(self.proxy_host, self.proxy_port, self._context, self.remaining)
+                conn.set_tunnel(self._settings.host, port, self.proxy_headers)
+            else:
+                conn = _Connection(self._settings.host, port, self._context, self.remaining)
+            self.connections_opened += 1
+            return conn
+
+        def close(self) -> None:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+        def _send(self, method: str, uri: str, body: Any, headers: dict) -> tuple[http.client.HTTPResponse, bytes]:
+            for attempt in (1, 2):
+                reused = self._conn is not None
+                if self._conn is None:
+                    self._conn = self._connect()
+                conn = self._conn
+                try:
+                    conn.request(method, uri, body, headers)
+                    response = conn.getresponse()
+                    data = response.read()
+                except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+                    self.close()
+                    if reused and attempt == 1 and self.remaining() > 0:
+                        continue  # the server closed an idle keep-alive connection; retry once on a fresh one
+                    raise
+                except BaseException:
+                    self.close()
+                    raise
+                self._note_server_date(response.getheader("Date"))
+                if response.will_close:
+                    self.close()
+                return response, data
+            raise AssertionError("unreachable")
+
+        def _note_server_date(self, value: str | None) -> None:
+            if not value:
+                return
+            try:
+                when = email.utils.parsedate_to_datetime(value)
+            except (TypeError, ValueError, IndexError):
+                return
+            if when is not None and when.tzinfo is not None:
+                self.server_time_offset = when.timestamp() - time.time()
+
+        def _make_request(self, method: str, uri: str, body: Any, headers: dict) -> tuple[Any, bytes]:
+            backoff = 1.0
+            for _ in range(MAX_RATE_LIMIT_RETRIES + 1):
+                response, data = self._send(method, uri, body, headers)
+                if response.status != 429:
+                    return response, data
+                wait = retry_after_seconds(response.getheader("Retry-After"), time.time())
+                if wait is None:
+                    wait = backoff
+                    backoff *= 2
+                if wait >= self.remaining() - 0.05:
+                    break
+                self._sleep(wait)
+            return response, data
+
+    return DeadlineAuth
+
+
+_AUTH_CLASS: type | None = None
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, socket.gaierror):
+        return f"cannot resolve host: {exc.strerror or exc}"
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"TLS certificate not trusted: {exc.verify_message or exc.reason}"
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS error: {exc.reason or exc}"
+    if isinstance(exc, (TimeoutError, socket.timeout)):
+        return "timed out"
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(exc, http.client.HTTPException):
+        return f"bad HTTP reply: {type(exc).__name__}"
+    if isinstance(exc, OSError):
+        return f"network error: {exc.strerror or exc}"
+    return type(exc).__name__
+
+
+class DuoClient:
+    """The real :class:`DuoApi`: one instance per login (or per broker worker)."""
+
+    def __init__(self, settings: DuoSettings, *, clock: Clock = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        global _AUTH_CLASS
+        if _AUTH_CLASS is None:
+            _AUTH_CLASS = _make_auth_class()
+        self.settings = settings
+        self._clock = clock
+        self._auth = _AUTH_CLASS(settings, clock, sleep)
+
+    @property
+    def server_time_offset(self) -> float | None:
+        """Duo's clock minus ours, in seconds, from the last reply's Date header (1 s resolution)."""
+        return self._auth.server_time_offset
+
+    @property
+    def connections_opened(self) -> int:
+        return self._auth.connections_opened
+
+    def close(self) -> None:
+        self._auth.close()
+
+    def call(self, method: str, path: str, params: dict[str, str], timeout: float | None = None) -> Any:
+        """One API call under one deadline; every failure leaves here as a :class:`DuoError`."""
+        self._auth.deadline = self._clock() + (self.settings.timeout if timeout is None else timeout)
+        try:
+            return self._auth.json_api_call(method, path, params)
+        except RuntimeError as exc:
+            self._auth.close()
+            raise self._http_error(exc) from None
+        except (OSError, ssl.SSLError, http.client.HTTPException, UnicodeError) as exc:
+            self._auth.close()
+            if isinstance(exc, (TimeoutError, socket.timeout)) or self._auth.remaining() <= 0:
+                raise DuoTimeout(f"{path}: timed out after {self.settings.timeout if timeout is None else timeout:g} s") from None
+            raise DuoUnavailable(f"{path}: {_describe(exc)}") from None
+        except BaseException:
+            self._auth.close()
+            raise
+
+    def _http_error(self, exc: RuntimeError) -> DuoError:
+        status = getattr(exc, "status", None)
+        data = getattr(exc, "data", None)
+        code = data.get("code") if isinstance(data, dict) else None
+        code = code if isinstance(code, int) and not isinstance(code, bool) else None
+        message = data.get("message") if isinstance(data, dict) and isinstance(data.get("message"), str) else ""
+        detail = f"HTTP {status}" + (f" code {code}" if code else "") + (f": {message[:200]}" if message else "")
+        if status == 200 or status is None:
+            return DuoMalformedReply(f"malformed reply ({detail})", status=status)
+        if status == 401:
+            if code == 40105:
+                offset = self.server_time_offset
+                if offset is not None:
+                    detail += f" (our clock differs from Duo's by about {offset:+.0f} s)"
+            return DuoCredentialsRejected(detail, code=code, status=status)
+        if status == 429:
+            return DuoRateLimited(detail, code=code, status=status)
+        if 400 <= status < 500:
+            return DuoRefused(detail, code=code, status=status)
+        return DuoUnavailable(detail, code=code, status=status)
+
+    # -- the endpoints a login uses ------------------------------------------------------------
+
+    def check(self) -> int:
+        return replies.parse_time(self.call("GET", "/auth/v2/check", {}))
+
+    def preauth(self, identity: DuoIdentity, *, ipaddr: str | None, hostname: str | None,
+                verified_push: bool) -> replies.Preauth:
+        params = identity.params()
+        if ipaddr:
+            params["ipaddr"] = ipaddr
+        if hostname:
+            params["hostname"] = hostname
+        if verified_push:
+            params["client_supports_verified_push"] = "1"
+        return replies.parse_preauth(self.call("POST", "/auth/v2/preauth", params))
+
+    def auth(self, identity: DuoIdentity, factor: str, params: dict[str, str]) -> dict[str, Any]:
+        body = identity.params()
+        body.update(params)
+        body["factor"] = factor
+        reply = self.call("POST", "/auth/v2/auth", body)
+        if not isinstance(reply, dict):
+            raise DuoMalformedReply("auth reply is not a JSON object")
+        return reply
+
+    def auth_status(self, txid: str, timeout: float) -> replies.AuthResult:
+        """Duo long-polls this call until the transaction changes; ``timeout`` bounds the wait."""
+        reply = self.call("GET", "/auth/v2/auth_status", {"txid": txid}, timeout=timeout)
+        return replies.parse_auth_result(reply, allow_waiting=True)

@@ -1,0 +1,272 @@
+"""The decision engine: from preauth to a result (SPEC §5, §6).
+
+Pure logic. It talks to the user through a :class:`Prompter` and to Duo
+through a :class:`~pam_duo_py.duo.DuoApi`; it does no I/O of its own, so
+every branch is tested with fakes.
+"""
+from __future__ import annotations
+
+import enum
+import time
+import urllib.parse
+from dataclasses import dataclass, field
+from typing import Callable, Protocol
+
+from .answers import Choice, Refusal, build_menu, parse_answer
+from .config import AuthSettings, DuoIdentity
+from .duo import DuoApi
+from .errors import ConversationError, DuoError, DuoRefused, DuoTimeout, DuoUnavailable
+from .replies import AuthResult, Device, Preauth, parse_auth_result, parse_auth_started
+from .text import for_display
+
+
+class Result(enum.Enum):
+    """PAM results by name (the PAM layer turns them into ``pamh.PAM_*``)."""
+
+    SUCCESS = "SUCCESS"
+    AUTH_ERR = "AUTH_ERR"
+    MAXTRIES = "MAXTRIES"
+    IGNORE = "IGNORE"
+    USER_UNKNOWN = "USER_UNKNOWN"
+    CONV_ERR = "CONV_ERR"
+    AUTHINFO_UNAVAIL = "AUTHINFO_UNAVAIL"
+    SERVICE_ERR = "SERVICE_ERR"
+
+
+class Prompter(Protocol):
+    """How the engine talks to the person logging in."""
+
+    def ask(self, text: str) -> str:
+        """An echoed prompt; raises :class:`ConversationError` on EOF, Ctrl-C or failure."""
+
+    def show(self, text: str) -> None:
+        """A status line (may arrive late under sshd)."""
+
+    def alert(self, text: str) -> None:
+        """Text the user must read before acting (deny reason, enrollment URL, verification code)."""
+
+
+@dataclass(frozen=True)
+class Login:
+    """What the engine needs to know about one login."""
+
+    user: str
+    identity: DuoIdentity
+    service: str
+    interactive: bool
+    rhost: str | None = None
+    ipaddr: str | None = None
+    tty: str | None = None
+    hostname: str | None = None
+    command: str | None = None
+    password: str | None = field(default=None, repr=False)
+    env_passcode: str | None = field(default=None, repr=False)
+
+
+@dataclass
+class Outcome:
+    result: Result
+    outcome: str  # success | failure | failsafe | exempt | preauth_allow | error
+    reason: str = ""
+    factor: str | None = None
+    txid: str | None = None
+    duo_status: str | None = None
+
+
+MSG_PUSHED = "Pushed a login request to your device..."
+MSG_CALLING = "Calling your phone..."
+MSG_SUCCESS = "Success. Logging you in..."
+MSG_UNAVAILABLE = "Duo two-factor authentication is unavailable; login refused."
+MSG_TOO_MANY = "Too many failed attempts."
+MSG_TIMED_OUT = "The login request was not answered in time."
+MSG_DENIED = "Login request denied."
+MSG_FRAUD = "Login request reported as fraudulent."
+
+
+class _Stop(Exception):
+    """Ends the factor loop with a final outcome."""
+
+    def __init__(self, outcome: Outcome) -> None:
+        self.outcome = outcome
+
+
+class Engine:
+    def __init__(self, settings: AuthSettings, duo: DuoApi, ui: Prompter, *,
+                 clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        self.settings = settings
+        self.sleep = sleep
+        self.duo = duo
+        self.ui = ui
+        self.clock = clock
+
+    # -- preauth ----------------------------------------------------------------------------
+
+    def run(self, login: Login) -> Outcome:
+        try:
+            pre = self.duo.preauth(login.identity, ipaddr=login.ipaddr, hostname=login.hostname,
+                                   verified_push=self.settings.verified_push)
+        except DuoUnavailable as exc:
+            if self.settings.failmode == "safe":
+                return Outcome(Result.SUCCESS, "failsafe", f"Duo unreachable at preauth: {exc}")
+            self.ui.alert(MSG_UNAVAILABLE)
+            return Outcome(Result.AUTHINFO_UNAVAIL, "failure", f"Failsecure: Duo unreachable at preauth: {exc}")
+        except DuoRefused as exc:
+            self.ui.alert(MSG_UNAVAILABLE)
+            return Outcome(Result.AUTHINFO_UNAVAIL, "error", f"Duo refused preauth: {exc}")
+
+        if pre.result == "allow":
+            return Outcome(Result.SUCCESS, "preauth_allow", pre.status_msg)
+        if pre.result == "deny":
+            self.ui.alert(for_display(pre.status_msg) or "Login denied by Duo.")
+            return Outcome(Result.AUTH_ERR, "failure", f"denied at preauth: {pre.status_msg}", duo_status="deny")
+        if pre.result == "enroll":
+            url = for_display(pre.enroll_portal_url or "", limit=500)
+            self.ui.alert(f"You must enroll in Duo before you can log in. Enroll at: {url}")
+            return Outcome(Result.AUTH_ERR, "failure", "enrollment required", duo_status="enroll")
+        try:
+            return self._second_factor(login, pre)
+        except _Stop as stop:
+            return stop.outcome
+        except DuoError as exc:
+            return Outcome(Result.AUTH_ERR, "failure", f"Duo error after preauth: {exc}")
+
+    # -- the second factor ------------------------------------------------------------------
+
+    def _second_factor(self, login: Login, pre: Preauth) -> Outcome:
+        menu = build_menu(login.user, pre.devices)
+        if login.env_passcode is not None and self.settings.accept_env_factor:
+            choice = parse_answer(login.env_passcode, menu, login.password)
+            if not isinstance(choice, Choice) or choice.factor != "passcode":
+                return Outcome(Result.AUTH_ERR, "failure", "DUO_PASSCODE is not a valid passcode", factor="passcode")
+            return self._finish(self._attempt(login, pre, choice), final=True)
+
+        if self.settings.autopush or not login.interactive:
+            option = menu.default()
+            if option is not None:
+                return self._finish(self._attempt(login, pre, Choice(option.factor, option.device)), final=True)
+            if not login.interactive:
+                return Outcome(Result.AUTH_ERR, "failure", "no push-capable device for a non-interactive login")
+
+        attempts = 0
+        sms_sent = 0
+        last: Outcome | None = None
+        while attempts < self.settings.prompts:
+            try:
+                answer = self.ui.ask(menu.text())
+            except ConversationError:
+                return Outcome(Result.CONV_ERR, "failure", "conversation ended at the prompt")
+            choice = parse_answer(answer, menu, login.password)
+            if isinstance(choice, Refusal):
+                attempts += 1
+                self.ui.show(choice.message)
+                last = Outcome(Result.MAXTRIES, "failure", "answer refused locally")
+                continue
+            if choice.factor == "sms" and sms_sent < self.settings.prompts:
+                sms_sent += 1
+                self._send_sms(login, choice.device)
+                continue
+            attempts += 1
+            last = self._attempt(login, pre, choice)
+            if last.result is Result.SUCCESS or last.outcome == "final":
+                return self._finish(last, final=True)
+        self.ui.show(MSG_TOO_MANY)
+        reason = "attempts used up" + (f" (last: {last.reason})" if last else "")
+        return Outcome(Result.MAXTRIES, "failure", reason, factor=last.factor if last else None,
+                       txid=last.txid if last else None)
+
+    def _finish(self, outcome: Outcome, *, final: bool) -> Outcome:
+        if outcome.result is Result.SUCCESS:
+            self.ui.show(MSG_SUCCESS)
+            outcome.outcome = "success"
+        elif outcome.outcome in ("retry", "final"):
+            outcome.result = Result.AUTH_ERR
+            outcome.outcome = "failure"
+        return outcome
+
+    def _pushinfo(self, login: Login) -> str | None:
+        if not self.settings.pushinfo:
+            return None
+        info = [("Server", login.hostname or ""), ("Service", login.service)]
+        if login.rhost:
+            info.append(("Remote address", login.rhost))
+        if self.settings.pushinfo_command and login.command:
+            info.append(("Command", login.command[:100]))
+        return urllib.parse.urlencode([(k, v) for k, v in info if v])
+
+    def _common_params(self, login: Login) -> dict[str, str]:
+        params: dict[str, str] = {}
+        if login.ipaddr:
+            params["ipaddr"] = login.ipaddr
+        if login.hostname:
+            params["hostname"] = login.hostname
+        return params
+
+    def _send_sms(self, login: Login, device: Device | None) -> None:
+        params = self._common_params(login)
+        params.update({"device": device.device if device else "auto", "async": "0"})
+        reply = parse_auth_result(self.duo.auth(login.identity, "sms", params), allow_waiting=False)
+        self.ui.show(for_display(reply.status_msg) or "New SMS passcodes sent.")
+
+    def _attempt(self, login: Login, pre: Preauth, choice: Choice) -> Outcome:
+        """One factor. Returns SUCCESS, or an outcome marked ``retry`` (may prompt again) or ``final``."""
+        params = self._common_params(login)
+        if choice.factor == "passcode":
+            params.update({"passcode": choice.passcode or "", "async": "0"})
+            reply = parse_auth_result(self.duo.auth(login.identity, "passcode", params), allow_waiting=False)
+            if reply.result == "allow":
+                return Outcome(Result.SUCCESS, "success", "passcode accepted", factor="passcode")
+            self.ui.show(for_display(reply.status_msg) or "Invalid passcode, please try again.")
+            return Outcome(Result.AUTH_ERR, "retry", f"passcode refused ({reply.status or 'deny'})", factor="passcode",
+                           duo_status=reply.status)
+
+        assert choice.device is not None
+        params.update({"device": choice.device.device, "async": "1"})
+        if choice.factor == "push":
+            params["type"] = "Login request"
+            pushinfo = self._pushinfo(login)
+            if pushinfo:
+                params["pushinfo"] = pushinfo
+            if self.settings.verified_push and pre.txid:
+                params["txid"] = pre.txid
+        started = parse_auth_started(self.duo.auth(login.identity, choice.factor, params))
+        if started.verification_code:
+            self.ui.alert(f"Verification code: {for_display(started.verification_code, limit=16)}\n"
+                          "Enter this code in Duo Mobile to approve the login.")
+        self.ui.show(MSG_PUSHED if choice.factor == "push" else MSG_CALLING)
+        reply = self._wait(started.txid)
+        base = dict(factor=choice.factor, txid=started.txid, duo_status=reply.status)
+        if reply.result == "allow":
+            return Outcome(Result.SUCCESS, "success", f"{choice.factor} approved", **base)
+        if reply.result == "waiting":
+            self.ui.show(MSG_TIMED_OUT)
+            return Outcome(Result.AUTH_ERR, "retry", f"{choice.factor} not answered in time", **base)
+        if reply.status == "fraud":
+            self.ui.alert(MSG_FRAUD)
+            return Outcome(Result.AUTH_ERR, "final", f"{choice.factor} reported as fraud", **base)
+        if choice.factor == "push":
+            self.ui.alert(for_display(reply.status_msg) or MSG_DENIED)
+            return Outcome(Result.AUTH_ERR, "final", "push denied by the user", **base)
+        self.ui.show(for_display(reply.status_msg) or MSG_DENIED)
+        return Outcome(Result.AUTH_ERR, "retry", f"{choice.factor} denied", **base)
+
+    def _wait(self, txid: str) -> AuthResult:
+        """Long-poll ``auth_status`` until the transaction resolves or ``push_timeout`` passes."""
+        deadline = self.clock() + self.settings.push_timeout
+        while True:
+            left = deadline - self.clock()
+            if left <= 0:
+                return AuthResult("waiting", "timeout", "")
+            started = self.clock()
+            try:
+                reply = self.duo.auth_status(txid, timeout=left)
+            except DuoTimeout:
+                if self.clock() >= deadline - 0.05:
+                    return AuthResult("waiting", "timeout", "")
+                raise
+            if reply.result != "waiting":
+                return reply
+            if self.clock() - started < 0.2:
+                # Duo answers at once when the status changes (pushed, answered...); pace such
+                # replies so that a server that never long-polls cannot make us spin.
+                self.sleep(min(0.2, max(0.0, deadline - self.clock())))

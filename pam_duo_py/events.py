@@ -1,0 +1,126 @@
+"""Decision events: plain dicts until the last step, then one syslog line and one audit line.
+
+Audit file format (JSON lines, one object per decision, UTF-8, append-only):
+
+``{"v": 1, "ts": "2026-12-01T20:14:13.123Z", "time": 1796156053.123, "outcome": "success",
+"user": "alice", "duo_user": "alice", "service": "sshd", "rhost": "203.0.113.5",
+"tty": "ssh", "factor": "push", "txid": "...", "reason": "push approved",
+"host": "server1", "pid": 1234}``
+
+``outcome`` is one of ``success``, ``failure``, ``failsafe``, ``exempt``,
+``preauth_allow``, ``error``. Fields that are unknown are ``null``. No
+event ever holds the skey or a passcode.
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from datetime import datetime, timezone
+from typing import Any
+
+from . import files
+from .errors import FileRuleError
+from .text import for_log
+
+OUTCOMES = ("success", "failure", "failsafe", "exempt", "preauth_allow", "error")
+FIELDS = ("outcome", "user", "duo_user", "service", "rhost", "tty", "factor", "txid", "reason")
+
+LOG_AUTHPRIV = 10 << 3
+LOG_ERR, LOG_WARNING, LOG_INFO, LOG_DEBUG = 3, 4, 6, 7
+SYSLOG_SOCKET = "/dev/log"
+IDENT = "pam_duo_py"
+
+
+def event(outcome: str, **fields: Any) -> dict[str, Any]:
+    """A decision event with every field present (unknown ones None)."""
+    assert outcome in OUTCOMES, outcome
+    now = time.time()
+    record: dict[str, Any] = {"v": 1, "ts": datetime.fromtimestamp(now, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z",
+                              "time": round(now, 3)}
+    for name in FIELDS:
+        record[name] = fields.pop(name, None)
+    record["outcome"] = outcome
+    record.update(fields)
+    return record
+
+
+def _who(record: dict[str, Any]) -> str:
+    return f"'{for_log(record.get('duo_user') or record.get('user'), 100)}'"
+
+
+def syslog_line(record: dict[str, Any]) -> tuple[int, str]:
+    """(priority, text) of the syslog line for an event, in duo_unix's wording where one exists."""
+    outcome = record["outcome"]
+    reason = record.get("reason") or ""
+    who = _who(record)
+    where = f" from {for_log(record['rhost'], 64)}" if record.get("rhost") else ""
+    if outcome == "success":
+        priority, text = LOG_INFO, f"Successful Duo login for {who}{where}"
+    elif outcome == "preauth_allow":
+        priority, text = LOG_WARNING, f"Skipped Duo login for {who}{where}: {for_log(reason)}"
+    elif outcome == "failsafe":
+        priority, text = LOG_WARNING, f"Failsafe Duo login for {who}{where}: {for_log(reason)}"
+    elif outcome == "exempt":
+        priority, text = LOG_INFO, f"User {for_log(record.get('user'), 100)} bypassed Duo 2FA due to user's UNIX group"
+    elif outcome == "failure":
+        if reason.startswith("Failsecure"):
+            priority, text = LOG_WARNING, f"Failsecure Duo login for {who}{where}: {for_log(reason)}"
+        elif record.get("duo_status") in ("deny", "enroll"):
+            priority, text = LOG_WARNING, f"Aborted Duo login for {who}{where}: {for_log(reason)}"
+        else:
+            priority, text = LOG_WARNING, f"Failed Duo login for {who}{where}: {for_log(reason)}"
+    else:
+        priority, text = LOG_ERR, f"Error in Duo login for {who}{where}: {for_log(reason, 1000)}"
+    extras = [f"{name}={for_log(record[name], 128)}" for name in ("service", "tty", "factor", "txid") if record.get(name)]
+    if extras:
+        text += " [" + " ".join(extras) + "]"
+    return priority, text
+
+
+def send_syslog(priority: int, text: str, *, path: str = SYSLOG_SOCKET) -> None:
+    """Send one line to syslog (facility authpriv, ident pam_duo_py) without touching the host's openlog()."""
+    stamp = time.strftime("%b %d %H:%M:%S", time.localtime())
+    message = f"<{LOG_AUTHPRIV | priority}>{stamp} {IDENT}[{os.getpid()}]: {text}".encode("utf-8", "replace")
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.settimeout(1.0)
+            sock.connect(path)
+            sock.send(message[:8192])
+    except OSError:
+        pass
+
+
+def append_audit(path: str, record: dict[str, Any]) -> None:
+    """Append one JSON line to the audit file under the file rule."""
+    line = (json.dumps(record, ensure_ascii=True, separators=(",", ":"), default=str) + "\n").encode()
+    fd = files.open_append_checked(path)
+    try:
+        os.write(fd, line)
+    finally:
+        os.close(fd)
+
+
+class EventSink:
+    """Where decision events go: syslog always, the audit file when configured."""
+
+    def __init__(self, audit_file: str | None = None, *, debug: bool = False) -> None:
+        self.audit_file = audit_file
+        self.debug_enabled = debug
+
+    def emit(self, record: dict[str, Any]) -> None:
+        priority, text = syslog_line(record)
+        send_syslog(priority, text)
+        if self.audit_file:
+            try:
+                append_audit(self.audit_file, record)
+            except (FileRuleError, OSError) as exc:
+                send_syslog(LOG_ERR, f"cannot write audit file: {for_log(str(exc), 300)}")
+
+    def error(self, text: str) -> None:
+        send_syslog(LOG_ERR, for_log(text, 2000))
+
+    def debug(self, text: str) -> None:
+        if self.debug_enabled:
+            send_syslog(LOG_DEBUG, for_log(text, 2000))

@@ -1,0 +1,145 @@
+"""The file rule, in one place.
+
+Every file the product reads or writes with privileges (config, skey_file,
+map_file, ca_file, audit and state files) must be owned by a trusted user and
+not writable by group or others, and so must every directory above it; it is
+opened without following symlinks. Trusted users are root and the effective
+user (so that a developer can run the tools on their own files; under sudo the
+effective user is root, so only root counts).
+
+A world-writable directory is accepted only when its sticky bit is set and the
+entry below it is owned by a trusted user: then nobody else can rename or
+replace that entry (this is what makes ``/tmp/<root-owned dir>`` safe).
+"""
+from __future__ import annotations
+
+import os
+import stat
+
+from .errors import FileRuleError
+
+MAX_SIZE = 1 << 20
+
+
+def trusted_uids() -> frozenset[int]:
+    return frozenset({0, os.geteuid()})
+
+
+def _owner_name(uid: int) -> str:
+    try:
+        import pwd
+
+        return pwd.getpwuid(uid).pw_name
+    except (KeyError, ImportError):
+        return str(uid)
+
+
+def check_directories(path: str) -> None:
+    """Check every directory above ``path`` (the file itself is checked by its opener)."""
+    trusted = trusted_uids()
+    if not os.path.isabs(path):
+        raise FileRuleError(path, "path must be absolute")
+    parent = os.path.realpath(os.path.dirname(path))
+    # Symlinks on the way (e.g. /lib -> usr/lib) must themselves belong to a trusted user.
+    lexical = os.path.dirname(path)
+    while lexical not in ("/", ""):
+        try:
+            st = os.lstat(lexical)
+        except OSError as exc:
+            raise FileRuleError(path, f"cannot inspect {lexical}: {exc.strerror}") from None
+        if stat.S_ISLNK(st.st_mode) and st.st_uid not in trusted:
+            raise FileRuleError(path, f"{lexical} is a symlink owned by {_owner_name(st.st_uid)}")
+        lexical = os.path.dirname(lexical)
+    child_uid: int | None = None
+    current = parent
+    while True:
+        try:
+            st = os.stat(current)
+        except OSError as exc:
+            raise FileRuleError(path, f"cannot inspect {current}: {exc.strerror}") from None
+        if not stat.S_ISDIR(st.st_mode):
+            raise FileRuleError(path, f"{current} is not a directory")
+        if st.st_uid not in trusted:
+            raise FileRuleError(path, f"directory {current} is owned by {_owner_name(st.st_uid)}, not root")
+        if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+            sticky_ok = st.st_mode & stat.S_ISVTX and child_uid is not None and child_uid in trusted
+            if not sticky_ok:
+                raise FileRuleError(path, f"directory {current} is writable by group or others")
+        if current == "/":
+            return
+        child_uid = st.st_uid
+        current = os.path.dirname(current)
+
+
+def _check_fd(path: str, fd: int, *, secret: bool) -> os.stat_result:
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        raise FileRuleError(path, "not a regular file")
+    if st.st_uid not in trusted_uids():
+        raise FileRuleError(path, f"owned by {_owner_name(st.st_uid)}, must be owned by root")
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise FileRuleError(path, f"mode {stat.S_IMODE(st.st_mode):04o} is writable by group or others")
+    if secret and st.st_mode & (stat.S_IRWXO | stat.S_IRGRP | stat.S_IWGRP | stat.S_IXGRP):
+        raise FileRuleError(path, f"mode {stat.S_IMODE(st.st_mode):04o}: a file holding a secret key must be mode 0600")
+    return st
+
+
+def _open_error(path: str, exc: OSError) -> FileRuleError:
+    import errno
+
+    if exc.errno == errno.ELOOP:
+        return FileRuleError(path, "is a symlink (symlinks are not followed)")
+    if exc.errno == errno.ENOENT:
+        return FileRuleError(path, "no such file")
+    return FileRuleError(path, f"cannot open: {exc.strerror}")
+
+
+def read_checked(path: str, *, secret: bool = False) -> bytes:
+    """Read a whole file after checking it and its directories. ``secret``: must not be readable by others."""
+    check_directories(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError as exc:
+        raise _open_error(path, exc) from None
+    try:
+        st = _check_fd(path, fd, secret=secret)
+        if st.st_size > MAX_SIZE:
+            raise FileRuleError(path, f"larger than {MAX_SIZE} bytes")
+        chunks = []
+        while True:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                break
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def open_append_checked(path: str) -> int:
+    """Open (creating 0600) a file for appending, after the same checks. Returns a file descriptor."""
+    check_directories(path)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise _open_error(path, exc) from None
+    try:
+        _check_fd(path, fd, secret=True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def write_atomic(path: str, data: bytes) -> None:
+    """Replace a state file atomically (0600), after checking its directory."""
+    check_directories(path)
+    directory = os.path.dirname(path)
+    tmp = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)

@@ -1,0 +1,65 @@
+"""What differs between the programs that run the PAM stack (sshd, sudo, su, login)."""
+from __future__ import annotations
+
+import os
+
+# sudo options that take a value (sudo 1.9); anything after them is the command.
+_SUDO_SHORT_WITH_VALUE = set("CDghpRrtTUu")
+_SUDO_LONG_WITH_VALUE = {
+    "--close-from", "--chdir", "--group", "--host", "--prompt", "--chroot", "--role", "--type",
+    "--command-timeout", "--other-user", "--user",
+}
+
+
+def holds_info_messages(service: str) -> bool:
+    """OpenSSH delivers PAM info messages only with the next prompt (FACTS.md)."""
+    return service.startswith("sshd")
+
+
+def sudo_command(argv: list[str]) -> str | None:
+    """The command a sudo command line runs ("" with -i/-s and no command), or None if it runs none."""
+    args = argv[1:]
+    shell = False
+    index = 0
+    while index < len(args):
+        arg = args[index]
+        if arg == "--":
+            index += 1
+            break
+        if arg.startswith("--"):
+            name = arg.split("=", 1)[0]
+            if name in ("--login", "--shell"):
+                shell = True
+            if name in _SUDO_LONG_WITH_VALUE and "=" not in arg:
+                index += 1
+            index += 1
+            continue
+        if arg.startswith("-") and len(arg) > 1:
+            letters = arg[1:]
+            for position, letter in enumerate(letters):
+                if letter in "is":
+                    shell = True
+                if letter in _SUDO_SHORT_WITH_VALUE:
+                    if position == len(letters) - 1:
+                        index += 1
+                    break
+            index += 1
+            continue
+        break
+    command = args[index:]
+    if command:
+        return " ".join(command)
+    return "(login shell)" if shell else None
+
+
+def command_for(service: str) -> str | None:
+    """The command being authorised, when the host program is sudo (sudo does not export it to PAM)."""
+    try:
+        if os.path.basename(os.readlink("/proc/self/exe")) != "sudo":
+            return None
+        with open("/proc/self/cmdline", "rb") as handle:
+            raw = handle.read(65536)
+    except OSError:
+        return None
+    argv = [part.decode("utf-8", "replace") for part in raw.split(b"\0") if part]
+    return sudo_command(argv) if argv else None

@@ -1,0 +1,100 @@
+"""One login, front to back: local user, groups, Duo identity, the engine, the log.
+
+Shared by the PAM module and the broker; each supplies its own prompter.
+"""
+from __future__ import annotations
+
+import ipaddress
+import socket
+from dataclasses import dataclass, field
+from typing import Callable
+
+from . import users
+from .config import Config, DuoSettings
+from .engine import Engine, Login, Outcome, Prompter, Result
+from .errors import UserLookupError
+from .events import EventSink, event
+
+
+@dataclass(frozen=True)
+class LoginRequest:
+    """What the front end knows about a login attempt."""
+
+    user: str
+    service: str
+    rhost: str | None = None
+    tty: str | None = None
+    interactive: bool | None = None  # None: interactive when there is a tty
+    command: str | None = None
+    caller_uid: int = 0
+    password: str | None = field(default=None, repr=False)
+    env_passcode: str | None = field(default=None, repr=False)
+
+
+def ip_literal(rhost: str | None) -> str | None:
+    """PAM_RHOST as an IP address, or None (host names are never sent to Duo as an address)."""
+    if not rhost:
+        return None
+    candidate = rhost.strip()
+    if candidate.startswith("[") and candidate.endswith("]"):
+        candidate = candidate[1:-1]
+    try:
+        return str(ipaddress.ip_address(candidate.split("%", 1)[0]))
+    except ValueError:
+        return None
+
+
+def _default_duo(settings: DuoSettings):  # type: ignore[no-untyped-def]
+    from .duo import DuoClient
+
+    return DuoClient(settings)
+
+
+def authenticate(config: Config, request: LoginRequest, ui: Prompter, *, sink: EventSink,
+                 duo_factory: Callable = _default_duo, hostname: str | None = None) -> Outcome:
+    """Decide one login and log the decision. Never raises for expected failures."""
+    base = {"user": request.user, "service": request.service, "rhost": request.rhost, "tty": request.tty}
+    try:
+        target = users.lookup(request.user)
+        person = users.second_factor_user(request.service, target, request.caller_uid) if target else None
+    except UserLookupError as exc:
+        sink.emit(event("error", reason=str(exc), **base))
+        return Outcome(Result.SERVICE_ERR, "error", str(exc))
+    if person is None:
+        outcome = Outcome(Result.USER_UNKNOWN, "failure", "unknown local user")
+        sink.emit(event("failure", reason=outcome.reason, **base))
+        return outcome
+    base["user"] = person.name
+
+    if config.users.groups:
+        try:
+            required = config.users.requires_duo(users.group_names(person))
+        except UserLookupError as exc:
+            sink.emit(event("error", reason=str(exc), **base))
+            return Outcome(Result.SERVICE_ERR, "error", str(exc))
+        if not required:
+            sink.emit(event("exempt", reason="not in users.groups", **base))
+            return Outcome(Result.IGNORE, "exempt", "not in users.groups")
+
+    identity = config.users.duo_identity(person.name)
+    login = Login(
+        user=person.name,
+        identity=identity,
+        service=request.service,
+        interactive=bool(request.tty) if request.interactive is None else request.interactive,
+        rhost=request.rhost,
+        ipaddr=ip_literal(request.rhost),
+        tty=request.tty,
+        hostname=hostname or socket.gethostname(),
+        command=request.command,
+        password=request.password,
+        env_passcode=request.env_passcode,
+    )
+    duo = duo_factory(config.duo)
+    try:
+        outcome = Engine(config.auth, duo, ui).run(login)
+    finally:
+        duo.close()
+    sink.emit(event(outcome.outcome, duo_user=str(identity), factor=outcome.factor, txid=outcome.txid,
+                    reason=outcome.reason, duo_status=outcome.duo_status, **base))
+    return outcome

@@ -1,0 +1,180 @@
+"""The pam_python entry points.
+
+Rules that keep the host process (sshd, sudo, su, login) alive and safe:
+
+* nothing escapes: every entry point catches ``BaseException`` and answers
+  ``PAM_SERVICE_ERR``;
+* pam_python objects (``pamh``, messages, responses) are never formatted with
+  ``repr()``/``str()``: that crashes the host. Only plain strings read from
+  them are used;
+* results are the ``pamh.PAM_*`` integers, never ``True``/``None``.
+
+Module arguments: ``conf=PATH`` and ``debug``; anything else is a
+configuration error.
+"""
+from __future__ import annotations
+
+import os
+import traceback
+from typing import Any
+
+from .config import DEFAULT_PATH
+from .errors import ConfigError, ConversationError
+from .events import LOG_ERR, EventSink, send_syslog
+from .text import for_log
+
+SERVICE_ERR_FALLBACK = 3
+PAM_SILENT = 0x8000
+
+
+def _code(pamh: Any, name: str) -> int:
+    try:
+        value = getattr(pamh, "PAM_" + name)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    except BaseException:
+        pass
+    return SERVICE_ERR_FALLBACK
+
+
+def _item(pamh: Any, name: str) -> str | None:
+    """A PAM item as a plain str, or None (unset, or not valid UTF-8)."""
+    try:
+        value = getattr(pamh, name)
+    except UnicodeDecodeError:
+        return None
+    return value if isinstance(value, str) else None
+
+
+class PamPrompter:
+    """The PAM conversation, as the engine's Prompter.
+
+    Under sshd, info messages are held back until the next prompt, so text the
+    user must read now (``alert``) rides in an echoed prompt of its own.
+    """
+
+    def __init__(self, pamh: Any, *, silent: bool, holds_info: bool) -> None:
+        self.pamh = pamh
+        self.silent = silent
+        self.holds_info = holds_info
+
+    def _converse(self, style: int, text: str) -> str | None:
+        pamh = self.pamh
+        try:
+            response = pamh.conversation(pamh.Message(style, text))
+        except pamh.exception:
+            raise ConversationError("conversation failed") from None
+        answer = response.resp
+        return answer if isinstance(answer, str) else None
+
+    def ask(self, text: str) -> str:
+        answer = self._converse(self.pamh.PAM_PROMPT_ECHO_ON, text)
+        if answer is None:
+            raise ConversationError("no answer")
+        return answer
+
+    def show(self, text: str) -> None:
+        if self.silent or not text:
+            return
+        try:
+            self._converse(self.pamh.PAM_TEXT_INFO, text)
+        except ConversationError:
+            pass
+
+    def alert(self, text: str) -> None:
+        if self.holds_info:
+            try:
+                self._converse(self.pamh.PAM_PROMPT_ECHO_ON, text + "\nPress Enter to continue.")
+            except ConversationError:
+                pass
+            return
+        if self.silent:
+            return
+        try:
+            self._converse(self.pamh.PAM_ERROR_MSG, text)
+        except ConversationError:
+            pass
+
+
+def parse_arguments(argv: list[str]) -> tuple[str, bool, list[str]]:
+    """(config path, debug, problems) from the PAM line's arguments after the file name."""
+    conf, debug, problems = DEFAULT_PATH, False, []
+    for arg in argv:
+        if arg == "debug":
+            debug = True
+        elif arg.startswith("conf=") and len(arg) > 5:
+            conf = arg[5:]
+        else:
+            problems.append(f"invalid module argument {arg!r}")
+    return conf, debug, problems
+
+
+def _authenticate(pamh: Any, flags: int, argv: list[str]) -> int:
+    args = [a for a in argv[1:] if isinstance(a, str)] if isinstance(argv, (list, tuple)) else []
+    conf, debug, problems = parse_arguments(args)
+    if problems:
+        for problem in problems:
+            send_syslog(LOG_ERR, f"configuration error: PAM line: {for_log(problem)}")
+        return _code(pamh, "SERVICE_ERR")
+
+    from .config import load_config
+
+    try:
+        config = load_config(conf)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            send_syslog(LOG_ERR, f"configuration error: {for_log(problem, 1000)}")
+        return _code(pamh, "SERVICE_ERR")
+
+    try:
+        user = pamh.get_user(None)
+    except UnicodeDecodeError:
+        return _code(pamh, "USER_UNKNOWN")
+    except pamh.exception:
+        return _code(pamh, "USER_UNKNOWN")
+    if not isinstance(user, str) or not user:
+        return _code(pamh, "USER_UNKNOWN")
+
+    service = _item(pamh, "service") or ""
+    silent = bool(flags & PAM_SILENT) if isinstance(flags, int) else False
+    from .hosts import command_for, holds_info_messages
+    from .login import LoginRequest, authenticate
+
+    request = LoginRequest(
+        user=user,
+        service=service,
+        rhost=_item(pamh, "rhost"),
+        tty=_item(pamh, "tty"),
+        command=command_for(service),
+        caller_uid=os.getuid(),
+        password=_item(pamh, "authtok"),
+    )
+    ui = PamPrompter(pamh, silent=silent, holds_info=holds_info_messages(service))
+    sink = EventSink(config.log.audit_file, debug=debug)
+    outcome = authenticate(config, request, ui, sink=sink)
+    return _code(pamh, outcome.result.value)
+
+
+def pam_sm_authenticate(pamh: Any, flags: int, argv: list[str]) -> int:
+    try:
+        return _authenticate(pamh, flags, argv)
+    except BaseException:
+        try:
+            send_syslog(LOG_ERR, "internal error: " + for_log(traceback.format_exc(limit=8), 3000))
+        except BaseException:
+            pass
+        return _code(pamh, "SERVICE_ERR")
+
+
+def pam_sm_setcred(pamh: Any, flags: int, argv: list[str]) -> int:
+    return _code(pamh, "SUCCESS")
+
+
+def _ignore(pamh: Any, flags: int, argv: list[str]) -> int:
+    return _code(pamh, "IGNORE")
+
+
+pam_sm_acct_mgmt = _ignore
+pam_sm_open_session = _ignore
+pam_sm_close_session = _ignore
+pam_sm_chauthtok = _ignore

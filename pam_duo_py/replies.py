@@ -1,0 +1,132 @@
+"""Duo Auth API v2 replies, checked and turned into small typed objects.
+
+Anything that does not have the documented shape raises
+:class:`DuoMalformedReply`, which at preauth counts as "Duo unreachable".
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import DuoMalformedReply
+
+CAPABILITIES = ("push", "phone", "sms", "mobile_otp")
+
+
+@dataclass(frozen=True)
+class Device:
+    device: str
+    type: str
+    label: str
+    capabilities: tuple[str, ...]
+    sms_nextcode: str | None = None
+
+
+@dataclass(frozen=True)
+class Preauth:
+    result: str  # allow | deny | enroll | auth
+    status_msg: str
+    devices: tuple[Device, ...] = ()
+    enroll_portal_url: str | None = None
+    txid: str | None = None
+
+
+@dataclass(frozen=True)
+class AuthStarted:
+    txid: str
+    verification_code: str | None = None
+
+
+@dataclass(frozen=True)
+class AuthResult:
+    result: str  # allow | deny | waiting
+    status: str
+    status_msg: str
+
+
+def _str(reply: dict[str, Any], key: str, *, required: bool = True, limit: int = 2000) -> str | None:
+    value = reply.get(key)
+    if value is None:
+        if required:
+            raise DuoMalformedReply(f"reply has no '{key}'")
+        return None
+    if not isinstance(value, str):
+        raise DuoMalformedReply(f"reply field '{key}' is not a string")
+    return value[:limit]
+
+
+def _object(reply: Any) -> dict[str, Any]:
+    if not isinstance(reply, dict):
+        raise DuoMalformedReply("reply is not a JSON object")
+    return reply
+
+
+def parse_device(raw: Any) -> Device | None:
+    if not isinstance(raw, dict):
+        raise DuoMalformedReply("device entry is not an object")
+    device_id = raw.get("device")
+    if not isinstance(device_id, str) or not device_id or len(device_id) > 64:
+        raise DuoMalformedReply("device entry has no valid 'device'")
+    caps = raw.get("capabilities", [])
+    if not isinstance(caps, list):
+        raise DuoMalformedReply("device 'capabilities' is not a list")
+    label = ""
+    for key in ("number", "display_name", "name"):
+        value = raw.get(key)
+        if isinstance(value, str) and value:
+            label = value[:100]
+            break
+    nextcode = raw.get("sms_nextcode")
+    return Device(
+        device=device_id,
+        type=raw.get("type") if isinstance(raw.get("type"), str) else "",
+        label=label or device_id,
+        capabilities=tuple(c for c in CAPABILITIES if c in caps),
+        sms_nextcode=nextcode[:10] if isinstance(nextcode, str) else None,
+    )
+
+
+def parse_preauth(reply: Any) -> Preauth:
+    reply = _object(reply)
+    result = _str(reply, "result")
+    if result not in ("allow", "deny", "enroll", "auth"):
+        raise DuoMalformedReply(f"unknown preauth result {result[:40]!r}")
+    status_msg = _str(reply, "status_msg", required=result != "auth") or ""
+    if result == "enroll":
+        url = _str(reply, "enroll_portal_url")
+        return Preauth(result, status_msg, enroll_portal_url=url)
+    if result != "auth":
+        return Preauth(result, status_msg)
+    devices = reply.get("devices")
+    if not isinstance(devices, list):
+        raise DuoMalformedReply("preauth reply has no 'devices' list")
+    parsed = tuple(d for d in (parse_device(raw) for raw in devices[:50]) if d is not None)
+    return Preauth(result, status_msg, devices=parsed, txid=_str(reply, "txid", required=False, limit=128))
+
+
+def parse_auth_started(reply: Any) -> AuthStarted:
+    reply = _object(reply)
+    txid = _str(reply, "txid", limit=256)
+    if not txid or len(txid) > 128:
+        raise DuoMalformedReply("auth reply has no valid 'txid'")
+    code = _str(reply, "verification_code", required=False, limit=16)
+    return AuthStarted(txid=txid, verification_code=code)
+
+
+def parse_auth_result(reply: Any, *, allow_waiting: bool) -> AuthResult:
+    reply = _object(reply)
+    result = _str(reply, "result")
+    allowed = ("allow", "deny", "waiting") if allow_waiting else ("allow", "deny")
+    if result not in allowed:
+        raise DuoMalformedReply(f"unknown auth result {result[:40]!r}")
+    status = _str(reply, "status", required=False, limit=64) or ""
+    status_msg = _str(reply, "status_msg", required=False) or ""
+    return AuthResult(result, status, status_msg)
+
+
+def parse_time(reply: Any) -> int:
+    reply = _object(reply)
+    value = reply.get("time")
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise DuoMalformedReply("reply has no integer 'time'")
+    return value
