@@ -1,9 +1,442 @@
-"""The privileged broker for pam-duo-login (SPEC §7)."""
+"""The privileged broker (SPEC §7): it holds the keys so that ``pam-duo-login``,
+running as the logged-in user, never can read them.
+
+Wire protocol, over a Unix stream socket: every frame is a 4-byte big-endian
+length followed by that many bytes of UTF-8 JSON (one object, at most 64 KiB).
+
+client -> broker, first frame::
+
+    {"type": "login", "user": "alice", "service": "sshd", "rhost": "203.0.113.5",
+     "tty": "/dev/pts/3", "interactive": true, "command": "ls", "env_passcode": null,
+     "password": null, "config": "/etc/pam_duo_py/pam_duo.toml"}
+
+broker -> client, any number of::
+
+    {"type": "ask", "text": "..."}     client answers {"type": "answer", "text": "..."} or {"type": "eof"}
+    {"type": "show", "text": "..."}    client answers {"type": "ack"}
+    {"type": "alert", "text": "..."}   client answers {"type": "ack"}
+
+and last ``{"type": "result", "result": "SUCCESS", "message": "..."}`` (a name of
+:class:`~pam_duo_py.engine.Result`), after which the broker closes the connection.
+
+Trust: the caller's uid comes from the kernel (``SO_PEERCRED``). Root (the PAM
+module inside sshd or sudo) may name any user, address, service and password.
+Anyone else is authenticated as their own user only, under the service
+``pam-duo-login``; the address they send is logged as claimed and never sent to
+Duo; ``password`` is ignored. Concurrent logins are capped per uid.
+"""
 from __future__ import annotations
 
-import sys
+import json
+import os
+import signal
+import socket
+import stat
+import struct
+import threading
+from typing import Any, Callable
+
+from .errors import ConfigError, ConversationError, PamDuoError
+
+MAX_FRAME = 64 * 1024
+FIRST_FRAME_TIMEOUT = 10.0
+ANSWER_TIMEOUT = 180.0
+MAX_PER_UID = 4
+MAX_PER_ROOT = 64
+MAX_IDLE_CLIENTS = 8
+WRAPPER_SERVICE = "pam-duo-login"
+_HEADER = struct.Struct(">I")
 
 
-def main(config_path: str) -> int:
-    print("pam-duo-py broker: not available in this version", file=sys.stderr)
-    return 1
+class ProtocolError(PamDuoError):
+    """A frame that is not what the protocol allows, or a peer that went away."""
+
+
+def send_frame(sock: socket.socket, message: dict[str, Any]) -> None:
+    data = json.dumps(message, ensure_ascii=True, separators=(",", ":")).encode()
+    if len(data) > MAX_FRAME:
+        raise ProtocolError("frame too large")
+    try:
+        sock.sendall(_HEADER.pack(len(data)) + data)
+    except OSError as exc:
+        raise ProtocolError(f"peer went away: {exc.strerror or exc}") from None
+
+
+def _recv_exact(sock: socket.socket, size: int) -> bytes:
+    chunks, left = [], size
+    while left:
+        try:
+            chunk = sock.recv(min(left, 65536))
+        except OSError as exc:
+            raise ProtocolError(f"peer went away: {exc.strerror or exc}") from None
+        if not chunk:
+            raise ProtocolError("peer closed the connection")
+        chunks.append(chunk)
+        left -= len(chunk)
+    return b"".join(chunks)
+
+
+def recv_frame(sock: socket.socket) -> dict[str, Any]:
+    (size,) = _HEADER.unpack(_recv_exact(sock, _HEADER.size))
+    if size > MAX_FRAME:
+        raise ProtocolError("frame too large")
+    try:
+        message = json.loads(_recv_exact(sock, size).decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        raise ProtocolError("frame is not JSON") from None
+    if not isinstance(message, dict) or not isinstance(message.get("type"), str):
+        raise ProtocolError("frame is not a typed object")
+    return message
+
+
+def peer_uid(sock: socket.socket) -> int:
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    _pid, uid, _gid = struct.unpack("3i", creds)
+    return uid
+
+
+# -- client side (pam-duo-login and the PAM module) ------------------------------------------------
+
+
+def check_socket_dir(path: str) -> None:
+    """The socket's directory must be root's and not writable by others, or a user could stand in for the broker."""
+    directory = os.path.dirname(path) or "/"
+    st = os.stat(directory)
+    if st.st_uid != 0:
+        raise ProtocolError(f"{directory} is not owned by root")
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise ProtocolError(f"{directory} is writable by group or others")
+
+
+def connect(path: str, timeout: float = 5.0) -> socket.socket:
+    """Connect to the broker, checking that the socket directory and the peer are root's."""
+    try:
+        check_socket_dir(path)
+    except OSError as exc:
+        raise ProtocolError(f"broker socket {path}: {exc.strerror or exc}") from None
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    try:
+        sock.connect(path)
+    except OSError as exc:
+        sock.close()
+        raise ProtocolError(f"broker not reachable at {path}: {exc.strerror or exc}") from None
+    if peer_uid(sock) != 0:
+        sock.close()
+        raise ProtocolError(f"broker at {path} is not running as root")
+    sock.settimeout(None)
+    return sock
+
+
+def converse(sock: socket.socket, request: dict[str, Any], ui: Any, *, frame_timeout: float = 700.0) -> tuple[str, str]:
+    """Send a login request and relay the broker's prompts to ``ui`` (a Prompter). Returns (result, message).
+
+    ``frame_timeout`` bounds the wait for each broker message; it exceeds the
+    longest push wait the config allows, so only a hung broker hits it.
+    """
+    send_frame(sock, dict(request, type="login"))
+    while True:
+        sock.settimeout(frame_timeout)
+        message = recv_frame(sock)
+        kind = message["type"]
+        text = message.get("text") if isinstance(message.get("text"), str) else ""
+        if kind == "result":
+            result = message.get("result")
+            return (result if isinstance(result, str) else "SERVICE_ERR"), str(message.get("message") or "")
+        if kind == "ask":
+            try:
+                send_frame(sock, {"type": "answer", "text": ui.ask(text)})
+            except ConversationError:
+                send_frame(sock, {"type": "eof"})
+        elif kind in ("show", "alert"):
+            getattr(ui, kind)(text)
+            send_frame(sock, {"type": "ack"})
+        else:
+            raise ProtocolError(f"unexpected frame {kind[:20]!r}")
+
+
+# -- broker side -----------------------------------------------------------------------------------
+
+
+class BrokerPrompter:
+    """The engine's Prompter, relayed to the client over the socket."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.gone = False
+
+    def _exchange(self, message: dict[str, Any]) -> dict[str, Any]:
+        if self.gone:
+            raise ConversationError("client gone")
+        try:
+            self.sock.settimeout(ANSWER_TIMEOUT)
+            send_frame(self.sock, message)
+            return recv_frame(self.sock)
+        except (ProtocolError, OSError):
+            self.gone = True
+            raise ConversationError("client gone") from None
+
+    def ask(self, text: str) -> str:
+        reply = self._exchange({"type": "ask", "text": text})
+        if reply["type"] == "answer" and isinstance(reply.get("text"), str):
+            return reply["text"][:1024]
+        raise ConversationError("no answer")
+
+    def _notify(self, kind: str, text: str) -> None:
+        try:
+            self._exchange({"type": kind, "text": text})
+        except ConversationError:
+            pass
+
+    def show(self, text: str) -> None:
+        self._notify("show", text)
+
+    def alert(self, text: str) -> None:
+        self._notify("alert", text)
+
+
+class _Pooled:
+    """A DuoClient borrowed from the pool; ``close`` gives it back with its connection still open."""
+
+    def __init__(self, pool: "ClientPool", client: Any) -> None:
+        self._pool, self._client = pool, client
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+    def close(self) -> None:
+        self._pool.give_back(self._client)
+
+
+class ClientPool:
+    """Warm Duo connections kept between logins."""
+
+    def __init__(self, settings: Any, factory: Callable[[Any], Any] | None = None) -> None:
+        self.settings = settings
+        self._factory = factory
+        self._idle: list[Any] = []
+        self._lock = threading.Lock()
+
+    def get(self, settings: Any) -> _Pooled:
+        with self._lock:
+            client = self._idle.pop() if self._idle and settings is self.settings else None
+        if client is None:
+            if self._factory is not None:
+                client = self._factory(settings)
+            else:
+                from .duo import DuoClient
+
+                client = DuoClient(settings)
+        return _Pooled(self, client)
+
+    def give_back(self, client: Any) -> None:
+        with self._lock:
+            if client.settings is self.settings and len(self._idle) < MAX_IDLE_CLIENTS:
+                self._idle.append(client)
+                return
+        client.close()
+
+    def close(self) -> None:
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for client in idle:
+            client.close()
+
+
+def _text(message: dict[str, Any], key: str, limit: int = 1024) -> str | None:
+    value = message.get(key)
+    if not isinstance(value, str) or not value or "\0" in value:
+        return None
+    return value[:limit]
+
+
+class Broker:
+    def __init__(self, config_path: str, *, socket_path: str | None = None,
+                 duo_factory: Callable[[Any], Any] | None = None) -> None:
+        from .config import load_config
+
+        self.config_path = config_path
+        self.config = load_config(config_path)
+        self.socket_path = socket_path or self.config.broker.socket
+        self._duo_factory = duo_factory
+        self.pool = ClientPool(self.config.duo, duo_factory)
+        self._active: dict[int, int] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._listener: socket.socket | None = None
+        from .events import EventSink
+
+        self.sink = EventSink(self.config.log.audit_file)
+
+    # -- lifecycle
+
+    def reload(self) -> None:
+        from .config import load_config
+        from .events import EventSink
+
+        try:
+            config = load_config(self.config_path)
+        except ConfigError as exc:
+            self.sink.error(f"broker: reload failed, keeping the old config: {exc}")
+            return
+        old = self.pool
+        self.config = config
+        self.pool = ClientPool(config.duo, self._duo_factory)
+        self.sink = EventSink(config.log.audit_file)
+        old.close()
+
+    def bind(self) -> socket.socket:
+        listen_fds = os.environ.get("LISTEN_FDS")
+        if listen_fds and os.environ.get("LISTEN_PID") == str(os.getpid()) and int(listen_fds) >= 1:
+            self._listener = socket.socket(fileno=3)  # systemd socket activation
+            return self._listener
+        directory = os.path.dirname(self.socket_path)
+        os.makedirs(directory, mode=0o755, exist_ok=True)
+        check_socket_dir(self.socket_path)
+        try:
+            if stat.S_ISSOCK(os.lstat(self.socket_path).st_mode):
+                os.unlink(self.socket_path)
+        except FileNotFoundError:
+            pass
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        listener.bind(self.socket_path)
+        os.chmod(self.socket_path, 0o666)  # anyone may connect; who they are comes from SO_PEERCRED
+        listener.listen(128)
+        self._listener = listener
+        return listener
+
+    def serve_forever(self) -> None:
+        listener = self._listener or self.bind()
+        listener.settimeout(0.5)
+        while not self._stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                if self._stop.is_set():
+                    break
+                raise
+            threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._listener is not None:
+            self._listener.close()
+        self.pool.close()
+
+    # -- one connection
+
+    def _enter(self, uid: int) -> bool:
+        limit = MAX_PER_ROOT if uid == 0 else MAX_PER_UID
+        with self._lock:
+            if self._active.get(uid, 0) >= limit:
+                return False
+            self._active[uid] = self._active.get(uid, 0) + 1
+            return True
+
+    def _leave(self, uid: int) -> None:
+        with self._lock:
+            self._active[uid] -= 1
+            if not self._active[uid]:
+                del self._active[uid]
+
+    def _handle(self, conn: socket.socket) -> None:
+        with conn:
+            try:
+                uid = peer_uid(conn)
+            except OSError:
+                return
+            if not self._enter(uid):
+                self._reply(conn, "AUTH_ERR", "too many concurrent logins for this user")
+                return
+            try:
+                self._login(conn, uid)
+            except BaseException as exc:  # one bad client must never take the broker down
+                try:
+                    self.sink.error(f"broker: internal error for uid {uid}: {type(exc).__name__}: {exc}")
+                    self._reply(conn, "SERVICE_ERR", "internal error")
+                except BaseException:
+                    pass
+            finally:
+                self._leave(uid)
+
+    def _reply(self, conn: socket.socket, result: str, message: str = "") -> None:
+        try:
+            send_frame(conn, {"type": "result", "result": result, "message": message})
+        except ProtocolError:
+            pass
+
+    def _login(self, conn: socket.socket, uid: int) -> None:
+        from .login import LoginRequest, authenticate
+        from .users import lookup_uid
+
+        conn.settimeout(FIRST_FRAME_TIMEOUT)
+        try:
+            message = recv_frame(conn)
+        except (ProtocolError, OSError):
+            return
+        if message["type"] != "login":
+            self._reply(conn, "SERVICE_ERR", "expected a login request")
+            return
+        user = _text(message, "user", 256)
+        if user is None:
+            self._reply(conn, "USER_UNKNOWN", "no user named")
+            return
+        config = self.config
+        interactive = message.get("interactive") if isinstance(message.get("interactive"), bool) else None
+        if uid == 0:
+            wanted = _text(message, "config")
+            if wanted and os.path.realpath(wanted) != os.path.realpath(self.config_path):
+                self._reply(conn, "SERVICE_ERR", "the broker serves another config")
+                return
+            request = LoginRequest(
+                user=user, service=_text(message, "service", 64) or "", rhost=_text(message, "rhost", 256),
+                tty=_text(message, "tty", 256), interactive=interactive, command=_text(message, "command", 4096),
+                caller_uid=0, password=_text(message, "password"), env_passcode=_text(message, "env_passcode", 64),
+                trusted_address=True,
+            )
+        else:
+            caller = lookup_uid(uid)
+            if caller is None or caller.name != user:
+                self.sink.error(f"broker: uid {uid} asked to log in as another user; refused")
+                self._reply(conn, "AUTH_ERR", "you can only authenticate as yourself")
+                return
+            request = LoginRequest(
+                user=caller.name, service=WRAPPER_SERVICE, rhost=_text(message, "rhost", 256),
+                tty=_text(message, "tty", 256), interactive=interactive, command=_text(message, "command", 4096),
+                caller_uid=uid, env_passcode=_text(message, "env_passcode", 64), trusted_address=False,
+            )
+        pool = self.pool
+        outcome = authenticate(config, request, BrokerPrompter(conn), sink=self.sink, duo_factory=pool.get)
+        self._reply(conn, outcome.result.value)
+
+
+def main(config_path: str, socket_path: str | None = None) -> int:
+    import sys
+
+    try:
+        broker = Broker(config_path, socket_path=socket_path)
+        broker.bind()
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(f"configuration error: {problem}", file=sys.stderr)
+        return 1
+    except (OSError, ProtocolError) as exc:
+        print(f"pam-duo-py broker: cannot listen on {socket_path or 'the broker socket'}: {exc}", file=sys.stderr)
+        return 1
+    signal.signal(signal.SIGHUP, lambda *_: broker.reload())
+    signal.signal(signal.SIGTERM, lambda *_: broker._stop.set())
+    print(f"pam-duo-py broker: listening on {broker.socket_path}", flush=True)
+    try:
+        broker.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        broker.stop()
+        if broker.socket_path and os.path.exists(broker.socket_path) and not os.environ.get("LISTEN_FDS"):
+            try:
+                os.unlink(broker.socket_path)
+            except OSError:
+                pass
+    return 0

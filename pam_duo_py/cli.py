@@ -34,8 +34,10 @@ def _parser() -> argparse.ArgumentParser:
     simulate.add_argument("--port", help="TCP port on localhost (default: any free port)")
     simulate.add_argument("--state-dir", help="directory for keys, certificates, snippet and request log")
 
-    sub.add_parser("broker", help="run the privileged broker for pam-duo-login",
-                   description="Listen on the broker socket and run logins for pam-duo-login and the PAM module.")
+    broker = sub.add_parser("broker", help="run the privileged broker for pam-duo-login",
+                            description="Listen on the broker socket (in the foreground) and run Duo logins for "
+                                        "pam-duo-login and the PAM module. SIGHUP reloads the config.")
+    broker.add_argument("--socket", help="socket path (default: broker.socket from the config)")
     return parser
 
 
@@ -134,7 +136,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "broker":
         from .broker import main as broker_main
 
-        return broker_main(args.config)
+        return broker_main(args.config, args.socket)
     return 2
 
 

@@ -225,6 +225,8 @@ def _parse_duo(problems: _Problems, raw: dict[str, Any], read: Callable[[str, bo
         problems.add("duo.ikey", "required key is missing")
     elif not _IKEY.match(ikey):
         problems.add("duo.ikey", "must be 'DI' followed by 18 capital letters or digits")
+    elif ikey == "DIXXXXXXXXXXXXXXXXXX":
+        problems.add("duo.ikey", "is still the example value; set the integration key from the Duo Admin Panel")
 
     skey = table.get("skey")
     skey_file = table.get("skey_file")

@@ -27,6 +27,7 @@ class LoginRequest:
     interactive: bool | None = None  # None: interactive when there is a tty
     command: str | None = None
     caller_uid: int = 0
+    trusted_address: bool = True  # False: rhost is only what an unprivileged client claims
     password: str | None = field(default=None, repr=False)
     env_passcode: str | None = field(default=None, repr=False)
 
@@ -53,7 +54,8 @@ def _default_duo(settings: DuoSettings):  # type: ignore[no-untyped-def]
 def authenticate(config: Config, request: LoginRequest, ui: Prompter, *, sink: EventSink,
                  duo_factory: Callable = _default_duo, hostname: str | None = None) -> Outcome:
     """Decide one login and log the decision. Never raises for expected failures."""
-    base = {"user": request.user, "service": request.service, "rhost": request.rhost, "tty": request.tty}
+    shown_rhost = request.rhost if request.trusted_address or not request.rhost else f"{request.rhost} (claimed)"
+    base = {"user": request.user, "service": request.service, "rhost": shown_rhost, "tty": request.tty}
     try:
         target = users.lookup(request.user)
         person = users.second_factor_user(request.service, target, request.caller_uid) if target else None
@@ -82,8 +84,8 @@ def authenticate(config: Config, request: LoginRequest, ui: Prompter, *, sink: E
         identity=identity,
         service=request.service,
         interactive=bool(request.tty) if request.interactive is None else request.interactive,
-        rhost=request.rhost,
-        ipaddr=ip_literal(request.rhost),
+        rhost=shown_rhost,
+        ipaddr=ip_literal(request.rhost) if request.trusted_address else None,
         tty=request.tty,
         hostname=hostname or socket.gethostname(),
         command=request.command,

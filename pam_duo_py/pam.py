@@ -138,21 +138,53 @@ def _authenticate(pamh: Any, flags: int, argv: list[str]) -> int:
     service = _item(pamh, "service") or ""
     silent = bool(flags & PAM_SILENT) if isinstance(flags, int) else False
     from .hosts import command_for, holds_info_messages
+
+    fields = {
+        "user": user,
+        "service": service,
+        "rhost": _item(pamh, "rhost"),
+        "tty": _item(pamh, "tty"),
+        "command": command_for(service),
+        "password": _item(pamh, "authtok"),
+    }
+    ui = PamPrompter(pamh, silent=silent, holds_info=holds_info_messages(service))
+    if os.path.exists(config.broker.socket) and os.geteuid() == 0:
+        result = _via_broker(config.broker.socket, conf, fields, ui)
+        if result is not None:
+            return _code(pamh, result)
+
     from .login import LoginRequest, authenticate
 
-    request = LoginRequest(
-        user=user,
-        service=service,
-        rhost=_item(pamh, "rhost"),
-        tty=_item(pamh, "tty"),
-        command=command_for(service),
-        caller_uid=os.getuid(),
-        password=_item(pamh, "authtok"),
-    )
-    ui = PamPrompter(pamh, silent=silent, holds_info=holds_info_messages(service))
+    request = LoginRequest(caller_uid=os.getuid(), **fields)
     sink = EventSink(config.log.audit_file, debug=debug)
     outcome = authenticate(config, request, ui, sink=sink)
     return _code(pamh, outcome.result.value)
+
+
+_RESULT_NAMES = {"SUCCESS", "AUTH_ERR", "MAXTRIES", "IGNORE", "USER_UNKNOWN", "CONV_ERR", "AUTHINFO_UNAVAIL", "SERVICE_ERR"}
+
+
+def _via_broker(socket_path: str, conf: str, fields: dict, ui: PamPrompter) -> str | None:
+    """Hand the login to the broker. None: the broker is not there, so decide in-process.
+
+    Once the broker has the request, a broken connection is a refusal, never a
+    second try in-process (a push may already be on its way).
+    """
+    from .broker import ProtocolError, connect, converse
+
+    try:
+        sock = connect(socket_path)
+    except ProtocolError:
+        return None
+    try:
+        with sock:
+            result, _ = converse(sock, dict(fields, config=os.path.abspath(conf)), ui)
+    except (ProtocolError, OSError):
+        send_syslog(LOG_ERR, "lost the broker during a login; refused")
+        return "AUTH_ERR"
+    if result == "SERVICE_ERR":
+        return None  # e.g. the broker serves another config: decide here, with ours
+    return result if result in _RESULT_NAMES else "AUTH_ERR"
 
 
 def pam_sm_authenticate(pamh: Any, flags: int, argv: list[str]) -> int:

@@ -1,9 +1,144 @@
-"""``pam-duo-login``: the SSH ForceCommand wrapper (SPEC §7)."""
+"""``pam-duo-login``: the SSH ``ForceCommand`` wrapper (SPEC §7).
+
+It runs as the logged-in user and asks the broker (which alone can read the
+keys) to run the Duo login; on success it becomes the user's shell or the
+command the client asked for, exactly as sshd would have run it. It reads only
+``SSH_ORIGINAL_COMMAND``, ``SSH_CONNECTION``, ``SSH_TTY``, ``DUO_PASSCODE``,
+``HOME``, ``SHELL`` and the passwd entry, and needs no config.
+"""
 from __future__ import annotations
 
+import argparse
+import os
+import pwd
+import signal
 import sys
+from typing import Sequence
+
+from .broker import ProtocolError, connect, converse
+from .config import DEFAULT_SOCKET
+from .errors import ConversationError
+
+SFTP_SERVERS = ("/usr/lib/openssh/sftp-server", "/usr/libexec/openssh/sftp-server", "/usr/libexec/sftp-server")
+RESULT_MESSAGES = {
+    "AUTH_ERR": "Duo login refused.",
+    "MAXTRIES": "Duo login refused: too many attempts.",
+    "CONV_ERR": "Duo login cancelled.",
+    "AUTHINFO_UNAVAIL": "Duo two-factor authentication is unavailable; login refused.",
+    "USER_UNKNOWN": "Duo login refused: unknown user.",
+    "SERVICE_ERR": "Duo login refused: configuration or internal error (see the system log).",
+}
 
 
-def main() -> int:
-    print("pam-duo-login: the broker is not reachable; login refused", file=sys.stderr)
-    return 1
+class TerminalPrompter:
+    """Prompts on the controlling terminal; status lines on stderr. Never writes to stdout."""
+
+    def __init__(self, interactive: bool) -> None:
+        self.interactive = interactive
+        self._tty = None
+        if interactive:
+            try:
+                self._tty = open("/dev/tty", "r+", buffering=1, encoding="utf-8", errors="replace")
+            except OSError:
+                self._tty = None
+                self.interactive = False
+
+    def ask(self, text: str) -> str:
+        if self._tty is None:
+            raise ConversationError("no terminal")
+        try:
+            self._tty.write(text)
+            self._tty.flush()
+            line = self._tty.readline()
+        except (OSError, KeyboardInterrupt):
+            raise ConversationError("terminal closed") from None
+        if not line:
+            raise ConversationError("end of input")
+        return line.rstrip("\r\n")
+
+    def show(self, text: str) -> None:
+        if self.interactive and text:
+            self._write(text)
+
+    def alert(self, text: str) -> None:
+        if text:
+            self._write(text)
+
+    def _write(self, text: str) -> None:
+        try:
+            if self._tty is not None:
+                self._tty.write(text + "\n")
+                self._tty.flush()
+            else:
+                sys.stderr.write(text + "\n")
+                sys.stderr.flush()
+        except OSError:
+            pass
+
+
+def command_argv(shell: str, command: str | None) -> list[str]:
+    """What sshd would exec: the login shell, or ``shell -c command`` (``internal-sftp`` -> sftp-server)."""
+    name = os.path.basename(shell)
+    if command is None:
+        return [shell, "-" + name]
+    words = command.split(None, 1)
+    if words and words[0] == "internal-sftp":
+        server = next((p for p in SFTP_SERVERS if os.access(p, os.X_OK)), SFTP_SERVERS[0])
+        command = server + (" " + words[1] if len(words) > 1 else "")
+    return [shell, name, "-c", command]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="pam-duo-login",
+        description="Duo second factor for SSH ForceCommand: asks the pam-duo-py broker to run a Duo "
+                    "login for the current user, then runs the login shell or $SSH_ORIGINAL_COMMAND.",
+    )
+    parser.add_argument("--socket", default=DEFAULT_SOCKET, help=f"broker socket (default {DEFAULT_SOCKET})")
+    args = parser.parse_args(argv)
+
+    env = os.environ
+    command = env.get("SSH_ORIGINAL_COMMAND")
+    connection = env.get("SSH_CONNECTION", "").split()
+    passcode = env.pop("DUO_PASSCODE", None)
+    interactive = command is None and bool(env.get("SSH_TTY")) and os.isatty(0)
+    try:
+        entry = pwd.getpwuid(os.getuid())
+    except KeyError:
+        sys.stderr.write("pam-duo-login: unknown user\n")
+        return 1
+    shell = entry.pw_shell or env.get("SHELL") or "/bin/sh"
+
+    ui = TerminalPrompter(interactive)
+    request = {
+        "user": entry.pw_name,
+        "rhost": connection[0] if connection else None,
+        "tty": env.get("SSH_TTY") if interactive else None,
+        "interactive": ui.interactive,
+        "command": command,
+        "env_passcode": passcode,
+    }
+    try:
+        sock = connect(args.socket)
+    except ProtocolError as exc:
+        sys.stderr.write(f"pam-duo-login: {exc}; login refused.\n")
+        return 1
+    try:
+        with sock:
+            result, _message = converse(sock, request, ui)
+    except (ProtocolError, OSError) as exc:
+        sys.stderr.write(f"pam-duo-login: lost the broker: {exc}; login refused.\n")
+        return 1
+    if result not in ("SUCCESS", "IGNORE"):
+        sys.stderr.write(RESULT_MESSAGES.get(result, "Duo login refused.") + "\n")
+        return 1
+
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    signal.signal(signal.SIGXFSZ, signal.SIG_DFL)
+    argv_exec = command_argv(shell, command)
+    try:
+        os.execv(argv_exec[0], argv_exec[1:])
+    except OSError as exc:
+        sys.stderr.write(f"pam-duo-login: cannot run {argv_exec[0]}: {exc.strerror}\n")
+        return 1
+    return 1  # not reached

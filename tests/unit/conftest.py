@@ -1,0 +1,75 @@
+"""Shared set-up of the unit layer: importable package, no network at all, syslog captured.
+
+The unit layer needs no root and no network. Every test runs with the socket
+constructors replaced: any attempt to open a socket (even a Unix or loopback
+one) is recorded and fails the test, even when the code under test swallows
+the error. Syslog output goes to the ``syslog_lines`` list instead of
+``/dev/log``.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+UNIT = os.path.dirname(os.path.abspath(__file__))
+for _path in (ROOT, UNIT):
+    if _path not in sys.path:
+        sys.path.insert(0, _path)
+
+from hypothesis import HealthCheck, settings  # noqa: E402
+
+settings.register_profile(
+    "unit",
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "unit"))
+
+
+class NetworkUsed(AssertionError):
+    """Raised (and recorded) when code under test tries to use the network."""
+
+
+@pytest.fixture(autouse=True)
+def no_network(monkeypatch):
+    attempts: list[str] = []
+
+    def refuse(name):
+        def refused(*args, **kwargs):
+            attempts.append(name)
+            raise NetworkUsed(f"socket.{name} called in a unit test")
+
+        return refused
+
+    class RefusedSocket(socket.socket):
+        def __init__(self, *args, **kwargs):  # noqa: D401 - never builds a socket
+            attempts.append("socket")
+            raise NetworkUsed("socket.socket called in a unit test")
+
+    monkeypatch.setattr(socket, "socket", RefusedSocket)
+    for name in ("create_connection", "getaddrinfo", "socketpair", "fromfd", "create_server",
+                 "gethostbyname", "gethostbyname_ex", "gethostbyaddr"):
+        monkeypatch.setattr(socket, name, refuse(name))
+    yield attempts
+    assert attempts == [], f"the code under test tried to use the network: {attempts}"
+
+
+@pytest.fixture(autouse=True)
+def syslog_lines(monkeypatch):
+    """Every line the code would send to syslog, as (priority, text)."""
+    from pam_duo_py import events, pam
+
+    lines: list[tuple[int, str]] = []
+
+    def capture(priority, text, *, path=events.SYSLOG_SOCKET):
+        assert isinstance(priority, int) and isinstance(text, str)
+        lines.append((priority, text))
+
+    monkeypatch.setattr(events, "send_syslog", capture)
+    monkeypatch.setattr(pam, "send_syslog", capture)
+    return lines
