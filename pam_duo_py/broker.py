@@ -33,10 +33,12 @@ import signal
 import socket
 import stat
 import struct
-import threading
-from typing import Any, Callable
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # annotations only: importing typing costs milliseconds per login
+    from typing import Any, Callable
 
 from .errors import ConfigError, ConversationError, PamDuoError
+from .paths import DEFAULT_SOCKET  # noqa: F401  (the socket clients look for first)
 
 MAX_FRAME = 64 * 1024
 FIRST_FRAME_TIMEOUT = 10.0
@@ -214,6 +216,8 @@ class ClientPool:
     def __init__(self, settings: Any, factory: Callable[[Any], Any] | None = None) -> None:
         self.settings = settings
         self._factory = factory
+        import threading
+
         self._idle: list[Any] = []
         self._lock = threading.Lock()
 
@@ -258,6 +262,9 @@ class Broker:
         self.config_path = config_path
         self.config = load_config(config_path)
         self.socket_path = socket_path or self.config.broker.socket
+        import threading
+
+        self._threading = threading
         self._duo_factory = duo_factory
         self.pool = ClientPool(self.config.duo, duo_factory)
         self._active: dict[int, int] = {}
@@ -317,7 +324,7 @@ class Broker:
                 if self._stop.is_set():
                     break
                 raise
-            threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
+            self._threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
 
     def stop(self) -> None:
         self._stop.set()

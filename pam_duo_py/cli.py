@@ -5,7 +5,7 @@ import argparse
 import sys
 from typing import Sequence
 
-from .config import DEFAULT_PATH
+from .paths import DEFAULT_CONFIG as DEFAULT_PATH
 
 EXIT_OK, EXIT_CONFIG, EXIT_DUO, EXIT_CLOCK = 0, 1, 2, 3
 CLOCK_LIMIT = 60.0

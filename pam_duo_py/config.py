@@ -14,14 +14,14 @@ from typing import Any, Callable
 
 from . import files
 from .errors import ConfigError, FileRuleError
+from .paths import DEFAULT_CONFIG, DEFAULT_SOCKET
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - exercised only on older Pythons
     import tomli as tomllib
 
-DEFAULT_PATH = "/etc/pam_duo_py/pam_duo.toml"
-DEFAULT_SOCKET = "/run/pam_duo_py/broker.sock"
+DEFAULT_PATH = DEFAULT_CONFIG
 
 _IKEY = re.compile(r"^DI[0-9A-Z]{18}$")
 _SKEY = re.compile(r"^[0-9A-Za-z]{40}$")
@@ -282,7 +282,7 @@ def _parse_duo(problems: _Problems, raw: dict[str, Any], read: Callable[[str, bo
             proxy = Proxy(host=match["host"].strip("[]"), port=int(match["port"]), user=match["user"], password=match["password"])
 
     timeout = float(table.get("timeout", 10))
-    if timeout < 0.1:
+    if not timeout >= 0.1:  # also refuses nan
         problems.add("duo.timeout", "must be at least 0.1 seconds")
     elif timeout > 600:
         problems.add("duo.timeout", "must be at most 600 seconds")

@@ -15,22 +15,18 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import time
 from datetime import datetime, timezone
 from typing import Any
 
 from . import files
 from .errors import FileRuleError
+from .logline import LOG_DEBUG, LOG_ERR, LOG_INFO, LOG_WARNING, send_syslog  # noqa: F401
 from .text import for_log
 
 OUTCOMES = ("success", "failure", "failsafe", "exempt", "preauth_allow", "error")
 FIELDS = ("outcome", "user", "duo_user", "service", "rhost", "tty", "factor", "txid", "reason")
 
-LOG_AUTHPRIV = 10 << 3
-LOG_ERR, LOG_WARNING, LOG_INFO, LOG_DEBUG = 3, 4, 6, 7
-SYSLOG_SOCKET = "/dev/log"
-IDENT = "pam_duo_py"
 
 
 def event(outcome: str, **fields: Any) -> dict[str, Any]:
@@ -77,19 +73,6 @@ def syslog_line(record: dict[str, Any]) -> tuple[int, str]:
     if extras:
         text += " [" + " ".join(extras) + "]"
     return priority, text
-
-
-def send_syslog(priority: int, text: str, *, path: str = SYSLOG_SOCKET) -> None:
-    """Send one line to syslog (facility authpriv, ident pam_duo_py) without touching the host's openlog()."""
-    stamp = time.strftime("%b %d %H:%M:%S", time.localtime())
-    message = f"<{LOG_AUTHPRIV | priority}>{stamp} {IDENT}[{os.getpid()}]: {text}".encode("utf-8", "replace")
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-            sock.settimeout(1.0)
-            sock.connect(path)
-            sock.send(message[:8192])
-    except OSError:
-        pass
 
 
 def append_audit(path: str, record: dict[str, Any]) -> None:

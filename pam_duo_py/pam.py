@@ -15,13 +15,17 @@ configuration error.
 from __future__ import annotations
 
 import os
-import traceback
-from typing import Any
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # annotations only: importing typing costs milliseconds per login
+    from typing import Any
 
-from .config import DEFAULT_PATH
-from .errors import ConfigError, ConversationError
-from .events import LOG_ERR, EventSink, send_syslog
-from .text import for_log
+from .errors import ConversationError
+from .logline import LOG_ERR, send_syslog
+from .paths import DEFAULT_CONFIG, DEFAULT_SOCKET
+
+# Only what a login through the broker needs is imported up front: the config
+# parser, the Duo client and the engine are imported when the login is decided
+# here, in-process.
 
 SERVICE_ERR_FALLBACK = 3
 PAM_SILENT = 0x8000
@@ -98,7 +102,7 @@ class PamPrompter:
 
 def parse_arguments(argv: list[str]) -> tuple[str, bool, list[str]]:
     """(config path, debug, problems) from the PAM line's arguments after the file name."""
-    conf, debug, problems = DEFAULT_PATH, False, []
+    conf, debug, problems = DEFAULT_CONFIG, False, []
     for arg in argv:
         if arg == "debug":
             debug = True
@@ -109,21 +113,18 @@ def parse_arguments(argv: list[str]) -> tuple[str, bool, list[str]]:
     return conf, debug, problems
 
 
+def _log_error(prefix: str, text: str, limit: int = 1000) -> None:
+    from .text import for_log
+
+    send_syslog(LOG_ERR, prefix + for_log(text, limit))
+
+
 def _authenticate(pamh: Any, flags: int, argv: list[str]) -> int:
     args = [a for a in argv[1:] if isinstance(a, str)] if isinstance(argv, (list, tuple)) else []
     conf, debug, problems = parse_arguments(args)
     if problems:
         for problem in problems:
-            send_syslog(LOG_ERR, f"configuration error: PAM line: {for_log(problem)}")
-        return _code(pamh, "SERVICE_ERR")
-
-    from .config import load_config
-
-    try:
-        config = load_config(conf)
-    except ConfigError as exc:
-        for problem in exc.problems:
-            send_syslog(LOG_ERR, f"configuration error: {for_log(problem, 1000)}")
+            _log_error("configuration error: PAM line: ", problem)
         return _code(pamh, "SERVICE_ERR")
 
     try:
@@ -148,11 +149,30 @@ def _authenticate(pamh: Any, flags: int, argv: list[str]) -> int:
         "password": _item(pamh, "authtok"),
     }
     ui = PamPrompter(pamh, silent=silent, holds_info=holds_info_messages(service))
-    if os.path.exists(config.broker.socket) and os.geteuid() == 0:
-        result = _via_broker(config.broker.socket, conf, fields, ui)
+    as_root = os.geteuid() == 0
+    if as_root and os.path.exists(DEFAULT_SOCKET):
+        # The broker checks that it serves this same config file, and refuses otherwise.
+        result = _via_broker(DEFAULT_SOCKET, conf, fields, ui)
         if result is not None:
             return _code(pamh, result)
 
+    from .config import load_config
+    from .errors import ConfigError
+
+    try:
+        config = load_config(conf)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            _log_error("configuration error: ", problem)
+        return _code(pamh, "SERVICE_ERR")
+
+    socket_path = config.broker.socket
+    if as_root and socket_path != DEFAULT_SOCKET and os.path.exists(socket_path):
+        result = _via_broker(socket_path, conf, fields, ui)
+        if result is not None:
+            return _code(pamh, result)
+
+    from .events import EventSink
     from .login import LoginRequest, authenticate
 
     request = LoginRequest(caller_uid=os.getuid(), **fields)
@@ -192,7 +212,9 @@ def pam_sm_authenticate(pamh: Any, flags: int, argv: list[str]) -> int:
         return _authenticate(pamh, flags, argv)
     except BaseException:
         try:
-            send_syslog(LOG_ERR, "internal error: " + for_log(traceback.format_exc(limit=8), 3000))
+            import traceback
+
+            _log_error("internal error: ", traceback.format_exc(limit=8), 3000)
         except BaseException:
             pass
         return _code(pamh, "SERVICE_ERR")

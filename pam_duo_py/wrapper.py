@@ -16,7 +16,7 @@ import sys
 from typing import Sequence
 
 from .broker import ProtocolError, connect, converse
-from .config import DEFAULT_SOCKET
+from .paths import DEFAULT_SOCKET
 from .errors import ConversationError
 
 SFTP_SERVERS = ("/usr/lib/openssh/sftp-server", "/usr/libexec/openssh/sftp-server", "/usr/libexec/sftp-server")
