@@ -8,6 +8,7 @@ import re
 from dataclasses import dataclass, field
 
 from .replies import Device
+from .text import for_display
 
 _WORD = re.compile(r"^(push|phone|sms)([1-9][0-9]?)?$")
 _DIGITS = re.compile(r"^[0-9]{1,20}$")
@@ -23,7 +24,8 @@ class Option:
 
     @property
     def label(self) -> str:
-        return _LABELS[self.factor].format(self.device.label)
+        # The label comes from Duo: no control characters, and no line breaks that could forge menu lines.
+        return _LABELS[self.factor].format(for_display(self.device.label, limit=100).replace("\n", " "))
 
 
 @dataclass(frozen=True)

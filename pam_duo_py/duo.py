@@ -18,12 +18,14 @@ this module adds, by overriding its connection and request hooks:
 """
 from __future__ import annotations
 
+import datetime
 import email.utils
 import http.client
 import io
 import socket
 import ssl
 import time
+from datetime import timezone
 from typing import Any, Callable, Protocol
 
 from . import replies
@@ -160,6 +162,8 @@ def retry_after_seconds(value: str | None, now: float) -> float | None:
         return None
     if when is None:
         return None
+    if when.tzinfo is None:  # "-0000" parses as naive, but it means UTC (RFC 5322), not local time
+        when = when.replace(tzinfo=datetime.timezone.utc)
     return max(0.0, when.timestamp() - now)
 
 
@@ -219,7 +223,8 @@ def _make_auth_class() -> type:
                     conn.request(method, uri, body, headers)
                     response = conn.getresponse()
                     data = response.read()
-                except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+                except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError, ssl.SSLEOFError):
+                    # SSLEOFError: writing a request body to a keep-alive connection the server closed
                     self.close()
                     if reused and attempt == 1 and self.remaining() > 0:
                         continue  # the server closed an idle keep-alive connection; retry once on a fresh one
@@ -240,7 +245,9 @@ def _make_auth_class() -> type:
                 when = email.utils.parsedate_to_datetime(value)
             except (TypeError, ValueError, IndexError):
                 return
-            if when is not None and when.tzinfo is not None:
+            if when is not None and when.tzinfo is None:
+                when = when.replace(tzinfo=timezone.utc)  # "-0000": UTC, no zone given
+            if when is not None:
                 self.server_time_offset = when.timestamp() - time.time()
 
         def _make_request(self, method: str, uri: str, body: Any, headers: dict) -> tuple[Any, bytes]:
@@ -268,9 +275,9 @@ def _describe(exc: BaseException) -> str:
     if isinstance(exc, socket.gaierror):
         return f"cannot resolve host: {exc.strerror or exc}"
     if isinstance(exc, ssl.SSLCertVerificationError):
-        return f"TLS certificate not trusted: {exc.verify_message or exc.reason}"
+        return f"TLS certificate not trusted: {getattr(exc, 'verify_message', None) or getattr(exc, 'reason', None) or exc}"
     if isinstance(exc, ssl.SSLError):
-        return f"TLS error: {exc.reason or exc}"
+        return f"TLS error: {getattr(exc, 'reason', None) or exc}"
     if isinstance(exc, (TimeoutError, socket.timeout)):
         return "timed out"
     if isinstance(exc, ConnectionRefusedError):

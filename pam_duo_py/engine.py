@@ -114,6 +114,9 @@ class Engine:
         except DuoRefused as exc:
             self.ui.alert(MSG_UNAVAILABLE)
             return Outcome(Result.AUTHINFO_UNAVAIL, "error", f"Duo refused preauth: {exc}")
+        except DuoError as exc:  # any other Duo failure at preauth: closed, whatever failmode says
+            self.ui.alert(MSG_UNAVAILABLE)
+            return Outcome(Result.AUTHINFO_UNAVAIL, "error", f"Duo error at preauth: {exc}")
 
         if pre.result == "allow":
             return Outcome(Result.SUCCESS, "preauth_allow", pre.status_msg)
@@ -157,14 +160,17 @@ class Engine:
             except ConversationError:
                 return Outcome(Result.CONV_ERR, "failure", "conversation ended at the prompt")
             choice = parse_answer(answer, menu, login.password)
+            if isinstance(choice, Choice) and choice.factor == "sms":
+                if sms_sent < self.settings.prompts:
+                    sms_sent += 1
+                    self._send_sms(login, choice.device)
+                    continue
+                # SMS is sent synchronously only; past the cap it is refused, not started as an async auth.
+                choice = Refusal("No more SMS passcodes can be sent now: enter a passcode you received.")
             if isinstance(choice, Refusal):
                 attempts += 1
                 self.ui.show(choice.message)
                 last = Outcome(Result.MAXTRIES, "failure", "answer refused locally")
-                continue
-            if choice.factor == "sms" and sms_sent < self.settings.prompts:
-                sms_sent += 1
-                self._send_sms(login, choice.device)
                 continue
             attempts += 1
             last = self._attempt(login, pre, choice)
@@ -188,8 +194,8 @@ class Engine:
         if not self.settings.pushinfo:
             return None
         info = [("Server", login.hostname or ""), ("Service", login.service)]
-        if login.rhost:
-            info.append(("Remote address", login.rhost))
+        if login.ipaddr or login.rhost:
+            info.append(("Remote address", login.ipaddr or login.rhost or ""))
         if self.settings.pushinfo_command and login.command:
             info.append(("Command", login.command[:100]))
         return urllib.parse.urlencode([(k, v) for k, v in info if v])

@@ -39,7 +39,15 @@ def event(outcome: str, **fields: Any) -> dict[str, Any]:
         record[name] = fields.pop(name, None)
     record["outcome"] = outcome
     record.update(fields)
+    record.setdefault("host", _hostname())
+    record.setdefault("pid", os.getpid())
     return record
+
+
+def _hostname() -> str:
+    import socket
+
+    return socket.gethostname()
 
 
 def _who(record: dict[str, Any]) -> str:

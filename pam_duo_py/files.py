@@ -120,7 +120,8 @@ def open_append_checked(path: str) -> int:
     """Open (creating 0600) a file for appending, after the same checks. Returns a file descriptor."""
     check_directories(path)
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        # O_NONBLOCK: a FIFO at the path must be refused, not block the login forever.
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, 0o600)
     except OSError as exc:
         raise _open_error(path, exc) from None
     try:

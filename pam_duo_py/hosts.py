@@ -17,9 +17,9 @@ def holds_info_messages(service: str) -> bool:
 
 
 def sudo_command(argv: list[str]) -> str | None:
-    """The command a sudo command line runs ("" with -i/-s and no command), or None if it runs none."""
+    """The command a sudo command line runs; "(login shell)" for -i and "(shell)" for -s with no command."""
     args = argv[1:]
-    shell = False
+    shell = ""
     index = 0
     while index < len(args):
         arg = args[index]
@@ -29,7 +29,7 @@ def sudo_command(argv: list[str]) -> str | None:
         if arg.startswith("--"):
             name = arg.split("=", 1)[0]
             if name in ("--login", "--shell"):
-                shell = True
+                shell = shell or ("(login shell)" if name == "--login" else "(shell)")
             if name in _SUDO_LONG_WITH_VALUE and "=" not in arg:
                 index += 1
             index += 1
@@ -38,7 +38,7 @@ def sudo_command(argv: list[str]) -> str | None:
             letters = arg[1:]
             for position, letter in enumerate(letters):
                 if letter in "is":
-                    shell = True
+                    shell = shell or ("(login shell)" if letter == "i" else "(shell)")
                 if letter in _SUDO_SHORT_WITH_VALUE:
                     if position == len(letters) - 1:
                         index += 1
@@ -49,7 +49,7 @@ def sudo_command(argv: list[str]) -> str | None:
     command = args[index:]
     if command:
         return " ".join(command)
-    return "(login shell)" if shell else None
+    return shell or None
 
 
 def command_for(service: str) -> str | None:

@@ -66,9 +66,9 @@ class PamPrompter:
         pamh = self.pamh
         try:
             response = pamh.conversation(pamh.Message(style, text))
-        except pamh.exception:
+            answer = response.resp
+        except (pamh.exception, UnicodeError):  # UnicodeError: the answer is not valid UTF-8
             raise ConversationError("conversation failed") from None
-        answer = response.resp
         return answer if isinstance(answer, str) else None
 
     def ask(self, text: str) -> str:
@@ -190,7 +190,7 @@ def _via_broker(socket_path: str, conf: str, fields: dict, ui: PamPrompter) -> s
     Once the broker has the request, a broken connection is a refusal, never a
     second try in-process (a push may already be on its way).
     """
-    from .broker import ProtocolError, connect, converse
+    from .broker import OTHER_CONFIG, ProtocolError, connect, converse
 
     try:
         sock = connect(socket_path)
@@ -198,12 +198,12 @@ def _via_broker(socket_path: str, conf: str, fields: dict, ui: PamPrompter) -> s
         return None
     try:
         with sock:
-            result, _ = converse(sock, dict(fields, config=os.path.abspath(conf)), ui)
+            result, message = converse(sock, dict(fields, config=os.path.abspath(conf)), ui)
     except (ProtocolError, OSError):
         send_syslog(LOG_ERR, "lost the broker during a login; refused")
         return "AUTH_ERR"
-    if result == "SERVICE_ERR":
-        return None  # e.g. the broker serves another config: decide here, with ours
+    if result == "SERVICE_ERR" and message == OTHER_CONFIG:
+        return None  # the broker serves another config: decide here, with ours (nothing was sent to Duo)
     return result if result in _RESULT_NAMES else "AUTH_ERR"
 
 

@@ -24,7 +24,7 @@ def lookup(name: str) -> LocalUser | None:
         return None
     try:
         entry = pwd.getpwnam(name)
-    except KeyError:
+    except (KeyError, UnicodeError):  # UnicodeError: not encodable, so not a valid user name
         return None
     except OSError as exc:
         raise UserLookupError(f"cannot look up user {name!r}: {exc}") from None

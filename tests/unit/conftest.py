@@ -62,14 +62,22 @@ def no_network(monkeypatch):
 @pytest.fixture(autouse=True)
 def syslog_lines(monkeypatch):
     """Every line the code would send to syslog, as (priority, text)."""
-    from pam_duo_py import events, pam
+    import importlib
+
+    for name in ("logline", "events", "pam", "login", "cli"):
+        try:
+            importlib.import_module(f"pam_duo_py.{name}")
+        except ImportError:
+            pass
 
     lines: list[tuple[int, str]] = []
 
-    def capture(priority, text, *, path=events.SYSLOG_SOCKET):
+    def capture(priority, text, **kwargs):
         assert isinstance(priority, int) and isinstance(text, str)
         lines.append((priority, text))
 
-    monkeypatch.setattr(events, "send_syslog", capture)
-    monkeypatch.setattr(pam, "send_syslog", capture)
+    for module_name, module in list(sys.modules.items()):
+        if (module_name == "pam_duo_py" or module_name.startswith("pam_duo_py.")) and callable(
+                getattr(module, "send_syslog", None)):
+            monkeypatch.setattr(module, "send_syslog", capture)
     return lines

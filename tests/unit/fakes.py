@@ -10,7 +10,7 @@
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 from pam_duo_py.errors import ConversationError
@@ -171,8 +171,7 @@ class FakeDuo:
             if isinstance(value, str):
                 out.append(value)
             elif isinstance(value, dict):
-                for k, v in value.items():
-                    walk(k)
+                for v in value.values():
                     walk(v)
             elif isinstance(value, (list, tuple)):
                 for v in value:
@@ -238,7 +237,7 @@ class FakePrompter:
     @property
     def everything(self) -> list[str]:
         """Every text the user was shown, prompts included."""
-        return [text for _, text in self.journal if isinstance(text, str)]
+        return [entry[1] for entry in self.journal if entry[0] in ("ask", "show", "alert")]
 
 
 # -- pam_python's handle -----------------------------------------------------------------------

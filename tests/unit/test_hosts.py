@@ -1,0 +1,49 @@
+"""What differs between host programs: sudo's command line, sshd's held-back messages."""
+from __future__ import annotations
+
+import pytest
+
+from pam_duo_py.hosts import command_for, holds_info_messages, sudo_command
+
+
+@pytest.mark.parametrize("argv,expected", [
+    (["sudo", "-S", "-p", "", "id", "-un"], "id -un"),
+    (["sudo", "-u", "bob", "--", "ls", "-l"], "ls -l"),
+    (["sudo", "-i"], "(login shell)"),
+    (["sudo", "-s"], "(shell)"),
+    (["sudo", "--login"], "(login shell)"),
+    (["sudo", "--shell"], "(shell)"),
+    (["sudo", "-i", "-u", "bob"], "(login shell)"),
+    (["sudo", "--user=bob", "cmd"], "cmd"),
+    (["sudo", "--user", "bob", "cmd", "arg"], "cmd arg"),
+    (["sudo", "-Eu", "bob", "cmd"], "cmd"),
+    (["sudo", "-ubob", "cmd"], "cmd"),
+    (["sudo", "-uEbob", "cmd"], "cmd"),  # the value is attached: E is part of it
+    (["sudo", "-E", "-H", "make", "install"], "make install"),
+    (["sudo", "-g", "wheel", "-C", "5", "-D", "/tmp", "true"], "true"),
+    (["sudo", "-i", "ls"], "ls"),
+    (["sudo", "-s", "--", "-weird"], "-weird"),
+    (["sudo", "--", "--user=x"], "--user=x"),
+    (["sudo", "-u", "bob", "-i", "--", "echo", "-n", "x"], "echo -n x"),
+    (["sudo", "--preserve-env=PATH", "env"], "env"),
+    (["sudo", "--prompt=pw: ", "id"], "id"),
+    (["sudo", "-p", "-u", "id"], "id"),  # "-u" is the prompt here, not an option
+    (["sudo", "rm", "-u", "x"], "rm -u x"),  # options after the command belong to it
+    (["sudo"], None),
+    (["sudo", "-v"], None),
+    (["sudo", "-k"], None),
+    (["sudo", "-u", "bob"], None),
+    (["sudo", "-u"], None),
+])
+def test_sudo_command(argv, expected):
+    assert sudo_command(argv) == expected
+
+
+@pytest.mark.parametrize("service,expected", [("sshd", True), ("sshd-duo", True), ("sudo", False), ("su", False),
+                                              ("login", False), ("", False)])
+def test_holds_info_messages(service, expected):
+    assert holds_info_messages(service) is expected
+
+
+def test_command_for_is_none_outside_sudo():
+    assert command_for("sudo") is None  # this process is python, not sudo
