@@ -38,7 +38,41 @@ def _parser() -> argparse.ArgumentParser:
                             description="Listen on the broker socket (in the foreground) and run Duo logins for "
                                         "pam-duo-login and the PAM module. SIGHUP reloads the config.")
     broker.add_argument("--socket", help="socket path (default: broker.socket from the config)")
+
+    imp = sub.add_parser("import-duo-unix", help="convert a duo_unix config to this product's TOML",
+                         description="Convert a duo_unix INI config (/etc/duo/pam_duo.conf or /etc/duo/login_duo.conf) "
+                                     "to this product's TOML config, read the way duo_unix reads it. The TOML goes to "
+                                     "stdout (or to DEST); a note for every option that is not carried over, or whose "
+                                     "meaning changes, goes to stderr. failmode is always written out (duo_unix "
+                                     "defaulted to safe, this product to secure) and TLS verification is never turned "
+                                     "off. Exit 0 converted, 1 unreadable or invalid source (or DEST exists).")
+    imp.add_argument("src", metavar="SRC", help="the duo_unix config file to read")
+    imp.add_argument("-o", "--output", dest="dest", metavar="DEST",
+                     help="write the TOML to DEST instead of stdout; DEST is created mode 0600 and never overwritten")
+
+    audit = sub.add_parser("audit", help="summarise the audit file",
+                           description="Summarise the JSON-lines audit file (log.audit_file of the config): logins by "
+                                       "outcome (success, failure, failsafe, exempt, preauth_allow, error), per user "
+                                       "and per service, with every fail-safe login (let in without a second factor "
+                                       "because Duo could not be reached) listed first. Rotated files (FILE.1, "
+                                       "FILE.1.gz, ...) are read too. Exit 0, 1 when there is no audit file.")
+    audit.add_argument("--since", metavar="DURATION", type=_duration, default="24h",
+                       help="how far back to look: a number and a unit s, m, h, d or w, e.g. 30m, 1h, 2d, 1w "
+                            "(default 24h)")
+    audit.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    audit.add_argument("--file", metavar="PATH",
+                       help="the audit file to read (default: log.audit_file of the config; with --file no config "
+                            "is needed)")
     return parser
+
+
+def _duration(text: str) -> float:
+    from .audit import parse_duration
+
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _check(config_path: str, user: str | None) -> int:
@@ -137,6 +171,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .broker import main as broker_main
 
         return broker_main(args.config, args.socket)
+    if args.command == "import-duo-unix":
+        from .import_duo_unix import main as import_main
+
+        return import_main(args.src, args.dest)
+    if args.command == "audit":
+        from .audit import main as audit_main
+
+        return audit_main(args.config, args.since, as_json=args.json, file=args.file)
     return 2
 
 

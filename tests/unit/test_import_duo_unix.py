@@ -394,6 +394,10 @@ def test_values_keep_quotes_like_duo_unix():
 def test_indented_hash_line_continues_the_previous_option():
     result = one("groups = admin\n  # staff\n")
     assert toml(result)["users"]["groups"] == ["admin", "#", "staff"]
+    note_about(result, "line 7", "not a comment")
+    result = one("host = a.example.com\n  # old host\n")
+    assert toml(result)["duo"]["host"] == "# old host"
+    note_about(result, "line 7", "continues host")
 
 
 # --------------------------------------------------------------------------------------------
