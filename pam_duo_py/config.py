@@ -22,6 +22,7 @@ else:  # pragma: no cover - exercised only on older Pythons
     import tomli as tomllib
 
 DEFAULT_PATH = DEFAULT_CONFIG
+DEFAULT_STATE_DIR = "/var/lib/pam_duo_py"
 
 _IKEY = re.compile(r"^DI[0-9A-Z]{18}$")
 _SKEY = re.compile(r"^[0-9A-Za-z]{40}$")
@@ -60,6 +61,7 @@ class AuthSettings:
     pushinfo_command: bool = False
     verified_push: bool = False
     accept_env_factor: bool = False
+    preferred_device: bool = False
 
 
 @dataclass(frozen=True)
@@ -110,6 +112,13 @@ class BrokerSettings:
 
 
 @dataclass(frozen=True)
+class RememberSettings:
+    seconds: int = 0
+    services_without_address: tuple[str, ...] = ()
+    state_dir: str = DEFAULT_STATE_DIR
+
+
+@dataclass(frozen=True)
 class Config:
     path: str
     duo: DuoSettings
@@ -117,6 +126,7 @@ class Config:
     users: UsersSettings
     log: LogSettings
     broker: BrokerSettings
+    remember: RememberSettings = RememberSettings()
 
 
 class _Problems:
@@ -145,8 +155,9 @@ _SCHEMA: dict[str, dict[str, type]] = {
     "duo": {"ikey": str, "skey": str, "skey_file": str, "host": str, "ca_file": str, "proxy": str, "timeout": float},
     "auth": {
         "failmode": str, "autopush": bool, "prompts": int, "push_timeout": float, "pushinfo": bool,
-        "pushinfo_command": bool, "verified_push": bool, "accept_env_factor": bool,
+        "pushinfo_command": bool, "verified_push": bool, "accept_env_factor": bool, "preferred_device": bool,
     },
+    "remember": {"seconds": int, "services_without_address": list, "state_dir": str},
     "users": {"groups": list, "map_file": str},
     "log": {"audit_file": str},
     "broker": {"socket": str},
@@ -314,6 +325,7 @@ def _parse_auth(problems: _Problems, raw: dict[str, Any]) -> AuthSettings:
         pushinfo_command=table.get("pushinfo_command", defaults.pushinfo_command),
         verified_push=table.get("verified_push", defaults.verified_push),
         accept_env_factor=table.get("accept_env_factor", defaults.accept_env_factor),
+        preferred_device=table.get("preferred_device", defaults.preferred_device),
     )
     if settings.autopush and settings.verified_push:
         problems.add("auth.verified_push", "cannot be used together with auth.autopush")
@@ -378,9 +390,31 @@ def parse_config(text: str, path: str, read: Callable[[str, bool], bytes] | None
     broker_table = _typed(problems, sections.get("broker", {}), "broker")
     socket_path = _absolute_path(problems, "broker.socket", broker_table.get("socket", DEFAULT_SOCKET)) or DEFAULT_SOCKET
 
+    remember = _parse_remember(problems, sections.get("remember", {}))
+
     if problems.items or duo is None:
         raise ConfigError(problems.items or [f"{path}: duo: incomplete"])
-    return Config(path=path, duo=duo, auth=auth, users=users, log=log, broker=BrokerSettings(socket=socket_path))
+    return Config(path=path, duo=duo, auth=auth, users=users, log=log, broker=BrokerSettings(socket=socket_path),
+                  remember=remember)
+
+
+MAX_REMEMBER_SECONDS = 30 * 24 * 3600
+
+
+def _parse_remember(problems: _Problems, raw: dict[str, Any]) -> RememberSettings:
+    table = _typed(problems, raw, "remember")
+    seconds = table.get("seconds", 0)
+    if not 0 <= seconds <= MAX_REMEMBER_SECONDS:
+        problems.add("remember.seconds", f"must be between 0 (off) and {MAX_REMEMBER_SECONDS} (30 days)")
+        seconds = 0
+    services = []
+    for index, name in enumerate(table.get("services_without_address", [])):
+        if not isinstance(name, str) or not name or len(name) > 64 or any(c.isspace() for c in name):
+            problems.add(f"remember.services_without_address[{index}]", "must be a PAM service name")
+        else:
+            services.append(name)
+    state_dir = _absolute_path(problems, "remember.state_dir", table.get("state_dir", DEFAULT_STATE_DIR)) or DEFAULT_STATE_DIR
+    return RememberSettings(seconds=seconds, services_without_address=tuple(services), state_dir=state_dir)
 
 
 def load_config(path: str = DEFAULT_PATH) -> Config:

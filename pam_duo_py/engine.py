@@ -9,7 +9,7 @@ from __future__ import annotations
 import enum
 import time
 import urllib.parse
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Protocol
 
 from .answers import Choice, Refusal, build_menu, parse_answer
@@ -18,6 +18,10 @@ from .duo import DuoApi
 from .errors import ConversationError, DuoError, DuoRefused, DuoTimeout, DuoUnavailable
 from .replies import AuthResult, Device, Preauth, parse_auth_result, parse_auth_started
 from .text import for_display
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from .state import PreferredDevices, Remember
 
 
 class Result(enum.Enum):
@@ -71,6 +75,7 @@ class Outcome:
     factor: str | None = None
     txid: str | None = None
     duo_status: str | None = None
+    device: str | None = None
 
 
 MSG_PUSHED = "Pushed a login request to your device..."
@@ -93,8 +98,11 @@ class _Stop(Exception):
 class Engine:
     def __init__(self, settings: AuthSettings, duo: DuoApi, ui: Prompter, *,
                  clock: Callable[[], float] = time.monotonic,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+                 sleep: Callable[[float], None] = time.sleep,
+                 remember: Remember | None = None, devices: PreferredDevices | None = None) -> None:
         self.settings = settings
+        self.remember = remember
+        self.devices = devices
         self.sleep = sleep
         self.duo = duo
         self.ui = ui
@@ -121,6 +129,8 @@ class Engine:
         if pre.result == "allow":
             return Outcome(Result.SUCCESS, "preauth_allow", pre.status_msg)
         if pre.result == "deny":
+            if self.remember:
+                self.remember.forget_user(login.user)
             self.ui.alert(for_display(pre.status_msg) or "Login denied by Duo.")
             return Outcome(Result.AUTH_ERR, "failure", f"denied at preauth: {pre.status_msg}", duo_status="deny")
         if pre.result == "enroll":
@@ -137,6 +147,37 @@ class Engine:
     # -- the second factor ------------------------------------------------------------------
 
     def _second_factor(self, login: Login, pre: Preauth) -> Outcome:
+        """The factor, with remembered logins and the preferred device around it."""
+        key = self.remember.key(login.user, login.service, login.rhost, login.ipaddr) if self.remember else None
+        left = self.remember.remaining(key) if self.remember and key else None
+        if left:
+            self.ui.show(MSG_SUCCESS)
+            return Outcome(Result.SUCCESS, "success", f"remembered login, factor skipped ({left:.0f} s left)",
+                           factor="remembered")
+        outcome = self._factor(login, self._ordered(login, pre))
+        if outcome.result is Result.SUCCESS:
+            if self.remember:
+                self.remember.record(key)
+            if self.devices and outcome.device:
+                self.devices.set(login.user, outcome.device)
+        elif self.remember and (outcome.duo_status == "fraud" or outcome.reason == "push denied by the user"):
+            self.remember.forget_user(login.user)
+        return outcome
+
+    def _ordered(self, login: Login, pre: Preauth) -> Preauth:
+        """Put the device the user last approved with first; forget it once Duo no longer lists it."""
+        if not self.devices:
+            return pre
+        preferred = self.devices.get(login.user)
+        if preferred is None:
+            return pre
+        if not any(d.device == preferred for d in pre.devices):
+            self.devices.drop(login.user)
+            return pre
+        ordered = sorted(pre.devices, key=lambda d: d.device != preferred)
+        return replace(pre, devices=tuple(ordered))
+
+    def _factor(self, login: Login, pre: Preauth) -> Outcome:
         menu = build_menu(login.user, pre.devices)
         if login.env_passcode is not None and self.settings.accept_env_factor:
             choice = parse_answer(login.env_passcode, menu, login.password)
@@ -150,6 +191,19 @@ class Engine:
                 return self._finish(self._attempt(login, pre, Choice(option.factor, option.device)), final=True)
             if not login.interactive:
                 return Outcome(Result.AUTH_ERR, "failure", "no push-capable device for a non-interactive login")
+
+        if len(menu.options) == 1 and not any("mobile_otp" in d.capabilities or d.type == "token" for d in pre.devices):
+            # One device with one method and no way to type a passcode: nothing to choose, so no menu.
+            only = menu.options[0]
+            if only.factor != "sms":
+                last = None
+                for _ in range(self.settings.prompts):
+                    last = self._attempt(login, pre, Choice(only.factor, only.device))
+                    if last.result is Result.SUCCESS or last.outcome == "final":
+                        return self._finish(last, final=True)
+                self.ui.show(MSG_TOO_MANY)
+                return Outcome(Result.MAXTRIES, "failure", f"attempts used up (last: {last.reason})",
+                               factor=last.factor, txid=last.txid, device=last.device)
 
         attempts = 0
         sms_sent = 0
@@ -241,7 +295,7 @@ class Engine:
                           "Enter this code in Duo Mobile to approve the login.")
         self.ui.show(MSG_PUSHED if choice.factor == "push" else MSG_CALLING)
         reply = self._wait(started.txid)
-        base = dict(factor=choice.factor, txid=started.txid, duo_status=reply.status)
+        base = dict(factor=choice.factor, txid=started.txid, duo_status=reply.status, device=choice.device.device)
         if reply.result == "allow":
             return Outcome(Result.SUCCESS, "success", f"{choice.factor} approved", **base)
         if reply.result == "waiting":

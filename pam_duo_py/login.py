@@ -92,9 +92,18 @@ def authenticate(config: Config, request: LoginRequest, ui: Prompter, *, sink: E
         password=request.password,
         env_passcode=request.env_passcode,
     )
+    remember = devices = None
+    if config.remember.seconds > 0 or config.auth.preferred_device:
+        from .state import PreferredDevices, Remember
+
+        if config.remember.seconds > 0:
+            remember = Remember(config.remember.state_dir, config.remember.seconds,
+                                config.remember.services_without_address, on_problem=sink.error)
+        if config.auth.preferred_device:
+            devices = PreferredDevices(config.remember.state_dir, on_problem=sink.error)
     duo = duo_factory(config.duo)
     try:
-        outcome = Engine(config.auth, duo, ui).run(login)
+        outcome = Engine(config.auth, duo, ui, remember=remember, devices=devices).run(login)
     finally:
         duo.close()
     sink.emit(event(outcome.outcome, duo_user=str(identity), factor=outcome.factor, txid=outcome.txid,

@@ -1,0 +1,197 @@
+"""Remembered authentication and preferred devices: the stores and how the engine uses them."""
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from fakes import APPROVED, DENIED, FRAUD, FakeClock, FakeDuo, FakePrompter
+from pam_duo_py.config import AuthSettings, DuoIdentity
+from pam_duo_py.engine import Engine, Login, Result
+from pam_duo_py.replies import Device, Preauth
+from pam_duo_py.state import PreferredDevices, Remember, address_key
+
+PHONE = Device("DPHONE1", "phone", "XXX-XXX-1234", ("push", "phone", "sms"))
+PHONE2 = Device("DPHONE2", "phone", "XXX-XXX-5678", ("push", "phone"))
+AUTH = Preauth("auth", "Account is active", devices=(PHONE, PHONE2))
+
+
+@pytest.fixture
+def state_dir(tmp_path):
+    path = tmp_path / "state"
+    path.mkdir(mode=0o700)
+    return str(path)
+
+
+@pytest.fixture
+def problems():
+    return []
+
+
+def remember(state_dir, problems, clock, seconds=300, services=()):
+    return Remember(state_dir, seconds, tuple(services), on_problem=problems.append, clock=clock)
+
+
+def test_address_key_ipv4_exact_and_ipv6_by_64():
+    assert address_key("203.0.113.5") == "203.0.113.5"
+    assert address_key("2001:db8:1:2:aaaa::1") == address_key("2001:db8:1:2:ffff::9") == "2001:db8:1:2::/64"
+    assert address_key("2001:db8:1:3::1") != address_key("2001:db8:1:2::1")
+    assert address_key("::ffff:203.0.113.5") == "203.0.113.5"
+    assert address_key("host.example") is None
+    assert address_key(None) is None
+
+
+def test_key_needs_a_parsed_address_or_a_listed_service(state_dir, problems):
+    store = remember(state_dir, problems, FakeClock(), services=("sudo",))
+    assert store.key("alice", "sshd", "203.0.113.5", "203.0.113.5")
+    assert store.key("alice", "sshd", "client.example", None) is None  # a host name never counts
+    assert store.key("alice", "sshd", "203.0.113.5 (claimed)", None) is None  # a client's claim never counts
+    assert store.key("alice", "sshd", None, None) is None  # no address, service not listed
+    assert store.key("alice", "sudo", None, None)  # no address, service listed
+    assert remember(state_dir, problems, FakeClock(), seconds=0).key("alice", "sshd", "1.2.3.4", "1.2.3.4") is None
+
+
+def test_record_then_remaining_until_expiry(state_dir, problems):
+    clock = FakeClock()
+    store = remember(state_dir, problems, clock, seconds=300)
+    key = store.key("alice", "sshd", "203.0.113.5", "203.0.113.5")
+    assert store.remaining(key) is None
+    store.record(key)
+    assert store.remaining(key) == pytest.approx(300)
+    clock.advance(299)
+    assert store.remaining(key) == pytest.approx(1)
+    clock.advance(2)
+    assert store.remaining(key) is None
+    st = os.stat(os.path.join(state_dir, "remember.json"))
+    assert st.st_mode & 0o777 == 0o600
+
+
+def test_other_address_service_or_user_is_not_remembered(state_dir, problems):
+    store = remember(state_dir, problems, FakeClock())
+    store.record(store.key("alice", "sshd", "203.0.113.5", "203.0.113.5"))
+    assert store.remaining(store.key("alice", "sshd", "203.0.113.6", "203.0.113.6")) is None
+    assert store.remaining(store.key("alice", "sudo", "203.0.113.5", "203.0.113.5")) is None
+    assert store.remaining(store.key("bob", "sshd", "203.0.113.5", "203.0.113.5")) is None
+
+
+def test_forget_user_clears_every_entry_of_that_user_only(state_dir, problems):
+    store = remember(state_dir, problems, FakeClock())
+    for user, ip in [("alice", "203.0.113.5"), ("alice", "198.51.100.7"), ("bob", "203.0.113.5")]:
+        store.record(store.key(user, "sshd", ip, ip))
+    store.forget_user("alice")
+    assert store.remaining(store.key("alice", "sshd", "203.0.113.5", "203.0.113.5")) is None
+    assert store.remaining(store.key("alice", "sshd", "198.51.100.7", "198.51.100.7")) is None
+    assert store.remaining(store.key("bob", "sshd", "203.0.113.5", "203.0.113.5"))
+
+
+@pytest.mark.parametrize("content", [b"{not json", b"[]", b'{"v": 2, "entries": {}}', b"\xff\xfe"])
+def test_corrupted_store_is_ignored_and_reported_never_allowing(state_dir, problems, content):
+    path = os.path.join(state_dir, "remember.json")
+    with open(path, "wb") as handle:
+        handle.write(content)
+    os.chmod(path, 0o600)
+    store = remember(state_dir, problems, FakeClock())
+    assert store.remaining(store.key("alice", "sshd", "203.0.113.5", "203.0.113.5")) is None
+    assert problems and "state file ignored" in problems[0]
+
+
+def test_store_with_bad_permissions_is_ignored(state_dir, problems):
+    clock = FakeClock()
+    store = remember(state_dir, problems, clock)
+    key = store.key("alice", "sshd", "203.0.113.5", "203.0.113.5")
+    store.record(key)
+    os.chmod(os.path.join(state_dir, "remember.json"), 0o666)
+    assert store.remaining(key) is None
+    assert any("writable by group or others" in p for p in problems)
+
+
+def test_far_future_expiry_is_not_trusted(state_dir, problems):
+    """An entry longer than the configured window (a tampered or stale file) is ignored."""
+    clock = FakeClock()
+    store = remember(state_dir, problems, clock, seconds=60)
+    key = store.key("alice", "sshd", "203.0.113.5", "203.0.113.5")
+    path = os.path.join(state_dir, "remember.json")
+    with open(path, "w") as handle:
+        json.dump({"v": 1, "entries": {key: clock() + 10**6}}, handle)
+    os.chmod(path, 0o600)
+    assert store.remaining(key) is None
+
+
+def test_store_is_bounded(state_dir, problems):
+    store = remember(state_dir, problems, FakeClock())
+    store.store.max_entries = 5
+    for n in range(20):
+        store.record(store.key(f"user{n}", "sshd", "203.0.113.5", "203.0.113.5"))
+    with open(os.path.join(state_dir, "remember.json")) as handle:
+        assert len(json.load(handle)["entries"]) == 5
+
+
+# -- the engine with the stores ------------------------------------------------------------
+
+
+def run(state_dir, problems, clock, *, preauth=AUTH, answers=("1",), status=None, remember_seconds=300,
+        devices=True, **login_overrides):
+    duo = FakeDuo(preauth, [{"txid": "TX1"}], status or [APPROVED], clock=clock, status_takes=0.5)
+    ui = FakePrompter(answers)
+    store = remember(state_dir, problems, clock, seconds=remember_seconds) if remember_seconds else None
+    prefs = PreferredDevices(state_dir, on_problem=problems.append, clock=clock) if devices else None
+    values = dict(user="alice", identity=DuoIdentity(username="alice"), service="sshd", interactive=True,
+                  rhost="203.0.113.5", ipaddr="203.0.113.5", tty="ssh", hostname="server1")
+    values.update(login_overrides)
+    engine = Engine(AuthSettings(push_timeout=5), duo, ui, clock=clock, sleep=clock.sleep, remember=store, devices=prefs)
+    return engine.run(Login(**values)), duo, ui
+
+
+def test_engine_skips_the_factor_when_remembered_but_still_runs_preauth(state_dir, problems):
+    clock = FakeClock()
+    first, duo1, _ = run(state_dir, problems, clock)
+    assert first.result is Result.SUCCESS and duo1.factors == ["push"]
+    second, duo2, ui2 = run(state_dir, problems, clock, answers=())
+    assert second.result is Result.SUCCESS and second.factor == "remembered"
+    assert [c.name for c in duo2.calls] == ["preauth"] and not ui2.asked
+
+
+def test_engine_preauth_deny_wins_over_a_remembered_login_and_clears_it(state_dir, problems):
+    clock = FakeClock()
+    run(state_dir, problems, clock)
+    denied, _, _ = run(state_dir, problems, clock, preauth=Preauth("deny", "Locked out"), answers=())
+    assert denied.result is Result.AUTH_ERR
+    again, duo, _ = run(state_dir, problems, clock)
+    assert again.factor == "push" and duo.factors == ["push"]  # asked again
+
+
+@pytest.mark.parametrize("status", [[DENIED], [FRAUD]])
+def test_denied_or_fraud_push_clears_remembered_logins(state_dir, problems, status):
+    clock = FakeClock()
+    run(state_dir, problems, clock)  # remembered from 203.0.113.5
+    other, _, _ = run(state_dir, problems, clock, status=status, rhost="198.51.100.7", ipaddr="198.51.100.7")
+    assert other.result is Result.AUTH_ERR
+    again, duo, _ = run(state_dir, problems, clock)
+    assert duo.factors == ["push"]
+
+
+def test_remembered_login_expires(state_dir, problems):
+    clock = FakeClock()
+    run(state_dir, problems, clock)
+    clock.advance(301)
+    again, duo, _ = run(state_dir, problems, clock)
+    assert again.factor == "push" and duo.factors == ["push"]
+
+
+def test_preferred_device_is_offered_first_and_dropped_when_gone(state_dir, problems):
+    clock = FakeClock()
+    first, duo, _ = run(state_dir, problems, clock, answers=("push2",), remember_seconds=0)
+    assert first.result is Result.SUCCESS and first.device == "DPHONE2"
+    _, _, ui = run(state_dir, problems, clock, answers=("1",), remember_seconds=0)
+    assert " 1. Duo Push to XXX-XXX-5678" in ui.asked[0]
+    only_first = Preauth("auth", "", devices=(PHONE,))
+    _, _, ui = run(state_dir, problems, clock, preauth=only_first, answers=("1",), remember_seconds=0)
+    assert PreferredDevices(state_dir, on_problem=problems.append).get("alice") == "DPHONE1"
+
+
+def test_one_device_one_method_means_no_menu(state_dir, problems):
+    clock = FakeClock()
+    lone = Preauth("auth", "", devices=(Device("DONE", "phone", "XXX-XXX-0001", ("push",)),))
+    outcome, duo, ui = run(state_dir, problems, clock, preauth=lone, answers=(), remember_seconds=0, devices=False)
+    assert outcome.result is Result.SUCCESS and not ui.asked and duo.factors == ["push"]
