@@ -5,8 +5,8 @@ Pure functions: no I/O, so the rules about what may be sent to Duo are tested di
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
 
+from .record import Record
 from .replies import Device
 from .text import for_display
 
@@ -17,8 +17,7 @@ _LABELS = {"push": "Duo Push to {}", "phone": "Phone call to {}", "sms": "SMS pa
 MAX_OPTIONS = 9
 
 
-@dataclass(frozen=True)
-class Option:
+class Option(Record):
     factor: str  # push | phone | sms
     device: Device
 
@@ -28,8 +27,7 @@ class Option:
         return _LABELS[self.factor].format(for_display(self.device.label, limit=100).replace("\n", " "))
 
 
-@dataclass(frozen=True)
-class Menu:
+class Menu(Record):
     user: str
     options: tuple[Option, ...]
 
@@ -59,17 +57,15 @@ def build_menu(user: str, devices: tuple[Device, ...] | list[Device]) -> Menu:
     return Menu(user=user, options=tuple(options[:MAX_OPTIONS]))
 
 
-@dataclass(frozen=True)
-class Choice:
+class Choice(Record, hidden=("passcode",)):
     """A usable answer: a factor on a device, or a passcode."""
 
     factor: str  # push | phone | sms | passcode
     device: Device | None = None
-    passcode: str | None = field(default=None, repr=False)
+    passcode: str | None = None
 
 
-@dataclass(frozen=True)
-class Refusal:
+class Refusal(Record):
     """An answer refused locally; never sent to Duo."""
 
     message: str

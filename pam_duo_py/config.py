@@ -9,9 +9,9 @@ import fnmatch
 import os
 import re
 import sys
-from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from .record import Record
 from . import files
 from .errors import ConfigError, FileRuleError
 from .paths import DEFAULT_CONFIG, DEFAULT_SOCKET
@@ -32,18 +32,16 @@ _USER_ID = re.compile(r"^DU[0-9A-Z]{18}$")
 _GROUP_PATTERN = re.compile(r"^!?[^\s!]+$")
 
 
-@dataclass(frozen=True)
-class Proxy:
+class Proxy(Record, hidden=("password",)):
     host: str
     port: int
     user: str | None = None
-    password: str | None = field(default=None, repr=False)
+    password: str | None = None
 
 
-@dataclass(frozen=True)
-class DuoSettings:
+class DuoSettings(Record, hidden=("skey",)):
     ikey: str
-    skey: str = field(repr=False)
+    skey: str
     host: str
     port: int | None
     ca_file: str | None
@@ -51,8 +49,7 @@ class DuoSettings:
     timeout: float
 
 
-@dataclass(frozen=True)
-class AuthSettings:
+class AuthSettings(Record):
     failmode: str = "secure"
     autopush: bool = False
     prompts: int = 3
@@ -64,8 +61,7 @@ class AuthSettings:
     preferred_device: bool = False
 
 
-@dataclass(frozen=True)
-class DuoIdentity:
+class DuoIdentity(Record):
     """Who the user is at Duo: a username, or a Duo user id (``DU...``)."""
 
     username: str | None = None
@@ -78,8 +74,7 @@ class DuoIdentity:
         return self.user_id or self.username or ""
 
 
-@dataclass(frozen=True)
-class UsersSettings:
+class UsersSettings(Record):
     groups: tuple[str, ...] = ()
     map_file: str | None = None
     mapping: tuple[tuple[str, DuoIdentity], ...] = ()
@@ -101,25 +96,21 @@ class UsersSettings:
         return any(fnmatch.fnmatchcase(g, p) for g in group_names for p in positive)
 
 
-@dataclass(frozen=True)
-class LogSettings:
+class LogSettings(Record):
     audit_file: str | None = None
 
 
-@dataclass(frozen=True)
-class BrokerSettings:
+class BrokerSettings(Record):
     socket: str = DEFAULT_SOCKET
 
 
-@dataclass(frozen=True)
-class RememberSettings:
+class RememberSettings(Record):
     seconds: int = 0
     services_without_address: tuple[str, ...] = ()
     state_dir: str = DEFAULT_STATE_DIR
 
 
-@dataclass(frozen=True)
-class Config:
+class Config(Record):
     path: str
     duo: DuoSettings
     auth: AuthSettings

@@ -9,9 +9,9 @@ from __future__ import annotations
 import enum
 import time
 import urllib.parse
-from dataclasses import dataclass, field, replace
 from typing import Callable, Protocol
 
+from .record import Record
 from .answers import Choice, Refusal, build_menu, parse_answer
 from .config import AuthSettings, DuoIdentity
 from .duo import DuoApi
@@ -50,8 +50,7 @@ class Prompter(Protocol):
         """Text the user must read before acting (deny reason, enrollment URL, verification code)."""
 
 
-@dataclass(frozen=True)
-class Login:
+class Login(Record, hidden=("password", "env_passcode",)):
     """What the engine needs to know about one login."""
 
     user: str
@@ -63,12 +62,11 @@ class Login:
     tty: str | None = None
     hostname: str | None = None
     command: str | None = None
-    password: str | None = field(default=None, repr=False)
-    env_passcode: str | None = field(default=None, repr=False)
+    password: str | None = None
+    env_passcode: str | None = None
 
 
-@dataclass
-class Outcome:
+class Outcome(Record, frozen=False):
     result: Result
     outcome: str  # success | failure | failsafe | exempt | preauth_allow | error
     reason: str = ""
@@ -175,7 +173,7 @@ class Engine:
             self.devices.drop(login.user)
             return pre
         ordered = sorted(pre.devices, key=lambda d: d.device != preferred)
-        return replace(pre, devices=tuple(ordered))
+        return pre.replace(devices=tuple(ordered))
 
     def _factor(self, login: Login, pre: Preauth) -> Outcome:
         menu = build_menu(login.user, pre.devices)

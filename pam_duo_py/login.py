@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-from dataclasses import dataclass, field
 from typing import Callable
 
+from .record import Record
 from . import users
 from .config import Config, DuoSettings
 from .engine import Engine, Login, Outcome, Prompter, Result
@@ -16,8 +16,7 @@ from .errors import UserLookupError
 from .events import EventSink, event
 
 
-@dataclass(frozen=True)
-class LoginRequest:
+class LoginRequest(Record, hidden=("password", "env_passcode",)):
     """What the front end knows about a login attempt."""
 
     user: str
@@ -28,8 +27,8 @@ class LoginRequest:
     command: str | None = None
     caller_uid: int = 0
     trusted_address: bool = True  # False: rhost is only what an unprivileged client claims
-    password: str | None = field(default=None, repr=False)
-    env_passcode: str | None = field(default=None, repr=False)
+    password: str | None = None
+    env_passcode: str | None = None
 
 
 def ip_literal(rhost: str | None) -> str | None:

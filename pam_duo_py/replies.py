@@ -5,16 +5,15 @@ Anything that does not have the documented shape raises
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
+from .record import Record
 from .errors import DuoMalformedReply
 
 CAPABILITIES = ("push", "phone", "sms", "mobile_otp")
 
 
-@dataclass(frozen=True)
-class Device:
+class Device(Record):
     device: str
     type: str
     label: str
@@ -22,8 +21,7 @@ class Device:
     sms_nextcode: str | None = None
 
 
-@dataclass(frozen=True)
-class Preauth:
+class Preauth(Record):
     result: str  # allow | deny | enroll | auth
     status_msg: str
     devices: tuple[Device, ...] = ()
@@ -31,14 +29,12 @@ class Preauth:
     txid: str | None = None
 
 
-@dataclass(frozen=True)
-class AuthStarted:
+class AuthStarted(Record):
     txid: str
     verification_code: str | None = None
 
 
-@dataclass(frozen=True)
-class AuthResult:
+class AuthResult(Record):
     result: str  # allow | deny | waiting
     status: str
     status_msg: str

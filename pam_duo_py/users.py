@@ -4,13 +4,12 @@ from __future__ import annotations
 import grp
 import os
 import pwd
-from dataclasses import dataclass
 
+from .record import Record
 from .errors import UserLookupError
 
 
-@dataclass(frozen=True)
-class LocalUser:
+class LocalUser(Record):
     name: str
     uid: int
     gid: int
