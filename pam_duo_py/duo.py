@@ -138,9 +138,7 @@ class _Connection(http.client.HTTPConnection):
 
 def _ssl_context(ca_file: str | None) -> ssl.SSLContext:
     if ca_file is None:
-        import duo_client.client
-
-        ca_file = duo_client.client.DEFAULT_CA_CERTS
+        ca_file = _duo_modules()[1].DEFAULT_CA_CERTS
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.load_verify_locations(cafile=ca_file)
@@ -167,10 +165,38 @@ def retry_after_seconds(value: str | None, now: float) -> float | None:
     return max(0.0, when.timestamp() - now)
 
 
-def _make_auth_class() -> type:
-    import duo_client
+_PRIVATE_PACKAGE = "pam_duo_py._duo_client"
 
-    class DeadlineAuth(duo_client.Auth):
+
+def _duo_modules() -> tuple[Any, Any]:
+    """duo-client's ``auth`` and ``client`` modules, without running its package ``__init__``.
+
+    The package ``__init__`` also imports the Admin and Accounts APIs (most of its
+    code), which a login never uses; in pam_python every login pays for every
+    import. The pinned duo-client's modules are loaded under a private package
+    name, so a normal ``import duo_client`` elsewhere in the process is unaffected.
+    """
+    import importlib
+    import importlib.machinery
+    import sys
+    import types
+
+    package = sys.modules.get(_PRIVATE_PACKAGE)
+    if package is None:
+        spec = importlib.machinery.PathFinder.find_spec("duo_client")
+        if spec is None or not spec.submodule_search_locations:
+            raise ImportError("duo_client is not installed")
+        package = types.ModuleType(_PRIVATE_PACKAGE)
+        package.__path__ = list(spec.submodule_search_locations)
+        package.__package__ = _PRIVATE_PACKAGE
+        sys.modules[_PRIVATE_PACKAGE] = package
+    return importlib.import_module(_PRIVATE_PACKAGE + ".auth"), importlib.import_module(_PRIVATE_PACKAGE + ".client")
+
+
+def _make_auth_class() -> type:
+    auth_module, _ = _duo_modules()
+
+    class DeadlineAuth(auth_module.Auth):
         """duo_client.Auth whose connection and request loop follow the rules of this module."""
 
         def __init__(self, settings: DuoSettings, clock: Clock, sleep: Callable[[float], None]) -> None:
