@@ -350,7 +350,11 @@ class DuoClient:
         except (OSError, ssl.SSLError, http.client.HTTPException, UnicodeError) as exc:
             self._auth.close()
             if isinstance(exc, (TimeoutError, socket.timeout)) or self._auth.remaining() <= 0:
-                raise DuoTimeout(f"{path}: timed out after {self.settings.timeout if timeout is None else timeout:g} s") from None
+                # Past the deadline another error may be the cause (a name lookup cannot be
+                # interrupted and may outlast it): say which.
+                cause = "" if isinstance(exc, (TimeoutError, socket.timeout)) else f" ({_describe(exc)})"
+                raise DuoTimeout(f"{path}: timed out after {self.settings.timeout if timeout is None else timeout:g} s"
+                                 f"{cause}") from None
             raise DuoUnavailable(f"{path}: {_describe(exc)}") from None
         except BaseException:
             self._auth.close()

@@ -71,7 +71,8 @@ def syslog_line(record: dict[str, Any]) -> tuple[int, str]:
     elif outcome == "failure":
         if reason.startswith("Failsecure"):
             priority, text = LOG_WARNING, f"Failsecure Duo login for {who}{where}: {for_log(reason)}"
-        elif record.get("duo_status") in ("deny", "enroll"):
+        elif record.get("duo_status") in ("deny", "enroll") and not record.get("factor"):
+            # preauth deny/enroll only (no factor yet); a denied push or passcode is "Failed", as in duo_unix
             priority, text = LOG_WARNING, f"Aborted Duo login for {who}{where}: {for_log(reason)}"
         else:
             priority, text = LOG_WARNING, f"Failed Duo login for {who}{where}: {for_log(reason)}"

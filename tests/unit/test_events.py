@@ -67,6 +67,13 @@ def test_aborted_line_for_deny_and_enroll(status):
     assert text.startswith("Aborted Duo login for 'alice' from 203.0.113.5: ")
 
 
+@pytest.mark.parametrize("factor", ["push", "passcode"])
+def test_denied_factor_is_failed_not_aborted(factor):
+    # Duo's auth_status/auth reply also says status "deny"; duo_unix logs that as "Failed".
+    _, text = line("failure", rhost=RHOST, reason="push denied by the user", duo_status="deny", factor=factor)
+    assert text.startswith("Failed Duo login for 'alice' from 203.0.113.5: ")
+
+
 def test_skipped_line_for_preauth_allow():
     priority, text = line("preauth_allow", rhost=RHOST, reason="Allowing unknown user")
     assert priority == events.LOG_WARNING
