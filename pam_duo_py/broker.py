@@ -18,6 +18,11 @@ broker -> client, any number of::
 
 and last ``{"type": "result", "result": "SUCCESS", "message": "..."}`` (a name of
 :class:`~pam_duo_py.engine.Result`), after which the broker closes the connection.
+``message`` is empty except when the broker itself refuses: a first frame that is
+not a valid frame, or does not arrive whole within ``FIRST_FRAME_TIMEOUT``, gets
+``SERVICE_ERR`` / ``"bad request"``; a first frame of another type ``SERVICE_ERR`` /
+``"expected a login request"``; a root caller naming another config file
+``SERVICE_ERR`` / ``OTHER_CONFIG`` (the PAM module then decides in-process).
 
 Trust: the caller's uid comes from the kernel (``SO_PEERCRED``). Root (the PAM
 module inside sshd or sudo) may name any user, address, service and password.
@@ -33,6 +38,9 @@ import signal
 import socket
 import stat
 import struct
+import sys
+import time
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # annotations only: importing typing costs milliseconds per login
     from typing import Any, Callable
@@ -41,12 +49,13 @@ from .errors import ConfigError, ConversationError, PamDuoError
 from .paths import DEFAULT_SOCKET  # noqa: F401  (the socket clients look for first)
 
 MAX_FRAME = 64 * 1024
-FIRST_FRAME_TIMEOUT = 10.0
-ANSWER_TIMEOUT = 180.0
+FIRST_FRAME_TIMEOUT = 5.0  # for the whole first frame: a client that trickles bytes is cut off too
+ANSWER_TIMEOUT = 180.0  # for each whole answer frame
 MAX_PER_UID = 4
 MAX_PER_ROOT = 64
 MAX_IDLE_CLIENTS = 8
 WRAPPER_SERVICE = "pam-duo-login"
+OTHER_CONFIG = "the broker serves another config"
 _HEADER = struct.Struct(">I")
 
 
@@ -64,10 +73,15 @@ def send_frame(sock: socket.socket, message: dict[str, Any]) -> None:
         raise ProtocolError(f"peer went away: {exc.strerror or exc}") from None
 
 
-def _recv_exact(sock: socket.socket, size: int) -> bytes:
+def _recv_exact(sock: socket.socket, size: int, deadline: float | None = None) -> bytes:
     chunks, left = [], size
     while left:
         try:
+            if deadline is not None:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise ProtocolError("peer went away: timed out")
+                sock.settimeout(remaining)
             chunk = sock.recv(min(left, 65536))
         except OSError as exc:
             raise ProtocolError(f"peer went away: {exc.strerror or exc}") from None
@@ -78,12 +92,13 @@ def _recv_exact(sock: socket.socket, size: int) -> bytes:
     return b"".join(chunks)
 
 
-def recv_frame(sock: socket.socket) -> dict[str, Any]:
-    (size,) = _HEADER.unpack(_recv_exact(sock, _HEADER.size))
+def recv_frame(sock: socket.socket, deadline: float | None = None) -> dict[str, Any]:
+    """One frame. ``deadline`` (``time.monotonic()``) bounds the whole frame, not each read."""
+    (size,) = _HEADER.unpack(_recv_exact(sock, _HEADER.size, deadline))
     if size > MAX_FRAME:
         raise ProtocolError("frame too large")
     try:
-        message = json.loads(_recv_exact(sock, size).decode("utf-8"))
+        message = json.loads(_recv_exact(sock, size, deadline).decode("utf-8"))
     except (UnicodeDecodeError, ValueError):
         raise ProtocolError("frame is not JSON") from None
     if not isinstance(message, dict) or not isinstance(message.get("type"), str):
@@ -173,7 +188,7 @@ class BrokerPrompter:
         try:
             self.sock.settimeout(ANSWER_TIMEOUT)
             send_frame(self.sock, message)
-            return recv_frame(self.sock)
+            return recv_frame(self.sock, deadline=time.monotonic() + ANSWER_TIMEOUT)
         except (ProtocolError, OSError):
             self.gone = True
             raise ConversationError("client gone") from None
@@ -277,20 +292,29 @@ class Broker:
 
     # -- lifecycle
 
-    def reload(self) -> None:
+    def reload(self) -> bool:
+        """Read the config again (SIGHUP). On any problem the old config stays in force."""
         from .config import load_config
         from .events import EventSink
 
         try:
             config = load_config(self.config_path)
         except ConfigError as exc:
-            self.sink.error(f"broker: reload failed, keeping the old config: {exc}")
-            return
+            problems = "; ".join(exc.problems) or str(exc)
+            self.sink.error(f"broker: reload failed, keeping the old config: {problems}")
+            _note(f"reload failed, keeping the old config: {problems}", error=True)
+            return False
+        except Exception as exc:  # a signal handler must never take the broker down
+            self.sink.error(f"broker: reload failed, keeping the old config: {type(exc).__name__}: {exc}")
+            _note(f"reload failed, keeping the old config: {type(exc).__name__}: {exc}", error=True)
+            return False
         old = self.pool
         self.config = config
         self.pool = ClientPool(config.duo, self._duo_factory)
         self.sink = EventSink(config.log.audit_file)
         old.close()
+        _note(f"reloaded {self.config_path}")
+        return True
 
     def bind(self) -> socket.socket:
         listen_fds = os.environ.get("LISTEN_FDS")
@@ -298,10 +322,14 @@ class Broker:
             self._listener = socket.socket(fileno=3)  # systemd socket activation
             return self._listener
         directory = os.path.dirname(self.socket_path)
-        os.makedirs(directory, mode=0o755, exist_ok=True)
+        if not os.path.isdir(directory):
+            os.makedirs(directory, mode=0o755, exist_ok=True)
+            os.chmod(directory, 0o755)  # whatever the umask: clients must be able to reach the socket
         check_socket_dir(self.socket_path)
         try:
             if stat.S_ISSOCK(os.lstat(self.socket_path).st_mode):
+                if _listening(self.socket_path):
+                    raise ProtocolError(f"another broker is listening on {self.socket_path}")
                 os.unlink(self.socket_path)
         except FileNotFoundError:
             pass
@@ -355,6 +383,12 @@ class Broker:
             except OSError:
                 return
             if not self._enter(uid):
+                # Read the request first: a client still sending it when we hang up would get
+                # EPIPE and never see the refusal.
+                try:
+                    recv_frame(conn, deadline=time.monotonic() + FIRST_FRAME_TIMEOUT)
+                except (ProtocolError, OSError):
+                    pass
                 self._reply(conn, "AUTH_ERR", "too many concurrent logins for this user")
                 return
             try:
@@ -378,10 +412,12 @@ class Broker:
         from .login import LoginRequest, authenticate
         from .users import lookup_uid
 
-        conn.settimeout(FIRST_FRAME_TIMEOUT)
         try:
-            message = recv_frame(conn)
-        except (ProtocolError, OSError):
+            message = recv_frame(conn, deadline=time.monotonic() + FIRST_FRAME_TIMEOUT)
+        except (ProtocolError, OSError) as exc:
+            if "closed the connection" not in str(exc):  # not a client that just went away
+                self.sink.error(f"broker: bad request from uid {uid}: {exc}")
+                self._reply(conn, "SERVICE_ERR", "bad request")
             return
         if message["type"] != "login":
             self._reply(conn, "SERVICE_ERR", "expected a login request")
@@ -395,7 +431,7 @@ class Broker:
         if uid == 0:
             wanted = _text(message, "config")
             if wanted and os.path.realpath(wanted) != os.path.realpath(self.config_path):
-                self._reply(conn, "SERVICE_ERR", "the broker serves another config")
+                self._reply(conn, "SERVICE_ERR", OTHER_CONFIG)
                 return
             request = LoginRequest(
                 user=user, service=_text(message, "service", 64) or "", rhost=_text(message, "rhost", 256),
@@ -419,9 +455,28 @@ class Broker:
         self._reply(conn, outcome.result.value)
 
 
-def main(config_path: str, socket_path: str | None = None) -> int:
-    import sys
+def _listening(path: str) -> bool:
+    """True when something accepts connections on the Unix socket ``path``."""
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(1.0)
+    try:
+        probe.connect(path)
+    except OSError:
+        return False
+    finally:
+        probe.close()
+    return True
 
+
+def _note(text: str, *, error: bool = False) -> None:
+    """A line for the broker's own output (the journal under systemd)."""
+    try:
+        print(f"pam-duo-py broker: {text}", file=sys.stderr if error else sys.stdout, flush=True)
+    except (OSError, ValueError):
+        pass
+
+
+def main(config_path: str, socket_path: str | None = None) -> int:
     try:
         broker = Broker(config_path, socket_path=socket_path)
         broker.bind()

@@ -18,6 +18,7 @@ from typing import Sequence
 from .broker import ProtocolError, connect, converse
 from .paths import DEFAULT_SOCKET
 from .errors import ConversationError
+from .text import for_display
 
 SFTP_SERVERS = ("/usr/lib/openssh/sftp-server", "/usr/libexec/openssh/sftp-server", "/usr/libexec/sftp-server")
 RESULT_MESSAGES = {
@@ -31,30 +32,55 @@ RESULT_MESSAGES = {
 
 
 class TerminalPrompter:
-    """Prompts on the controlling terminal; status lines on stderr. Never writes to stdout."""
+    """Prompts on the controlling terminal; status lines on stderr. Never writes to stdout.
+
+    The terminal is used through a raw file descriptor, read one byte at a time:
+    a tty is not seekable (so Python's buffered "r+" mode cannot open it), and
+    whatever the user typed after the answer must be left for the shell.
+    """
 
     def __init__(self, interactive: bool) -> None:
         self.interactive = interactive
-        self._tty = None
+        self._fd: int | None = None
         if interactive:
             try:
-                self._tty = open("/dev/tty", "r+", buffering=1, encoding="utf-8", errors="replace")
+                self._fd = os.open("/dev/tty", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
             except OSError:
-                self._tty = None
+                self._fd = None
                 self.interactive = False
 
     def ask(self, text: str) -> str:
-        if self._tty is None:
+        if self._fd is None:
             raise ConversationError("no terminal")
         try:
-            self._tty.write(text)
-            self._tty.flush()
-            line = self._tty.readline()
+            self._put(text)
+            line = self._readline()
         except (OSError, KeyboardInterrupt):
             raise ConversationError("terminal closed") from None
-        if not line:
+        if line is None:
             raise ConversationError("end of input")
         return line.rstrip("\r\n")
+
+    def _readline(self, limit: int = 4096) -> str | None:
+        """One line from the terminal; None at end of input (^D on an empty line, hang-up)."""
+        assert self._fd is not None
+        data = bytearray()
+        while len(data) < limit:
+            byte = os.read(self._fd, 1)
+            if not byte:
+                if not data:
+                    return None
+                break
+            data += byte
+            if byte == b"\n":
+                break
+        return data.decode("utf-8", "replace")
+
+    def _put(self, text: str) -> None:
+        assert self._fd is not None
+        data = text.encode("utf-8", "replace")
+        while data:
+            data = data[os.write(self._fd, data):]
 
     def show(self, text: str) -> None:
         if self.interactive and text:
@@ -66,14 +92,18 @@ class TerminalPrompter:
 
     def _write(self, text: str) -> None:
         try:
-            if self._tty is not None:
-                self._tty.write(text + "\n")
-                self._tty.flush()
+            if self._fd is not None:
+                self._put(text + "\n")
             else:
                 sys.stderr.write(text + "\n")
                 sys.stderr.flush()
         except OSError:
             pass
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
 
 def command_argv(shell: str, command: str | None) -> list[str]:
@@ -113,7 +143,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     request = {
         "user": entry.pw_name,
         "rhost": connection[0] if connection else None,
-        "tty": env.get("SSH_TTY") if interactive else None,
+        "tty": env.get("SSH_TTY") if ui.interactive else None,
         "interactive": ui.interactive,
         "command": command,
         "env_passcode": passcode,
@@ -125,12 +155,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     try:
         with sock:
-            result, _message = converse(sock, request, ui)
+            result, message = converse(sock, request, ui)
     except (ProtocolError, OSError) as exc:
         sys.stderr.write(f"pam-duo-login: lost the broker: {exc}; login refused.\n")
         return 1
+    except KeyboardInterrupt:  # Ctrl-C while a push is pending: no traceback, nothing runs
+        sys.stderr.write(RESULT_MESSAGES["CONV_ERR"] + "\n")
+        return 1
+    finally:
+        ui.close()
     if result not in ("SUCCESS", "IGNORE"):
-        sys.stderr.write(RESULT_MESSAGES.get(result, "Duo login refused.") + "\n")
+        text = RESULT_MESSAGES.get(result, "Duo login refused.")
+        if message:  # the broker's own reason (e.g. too many concurrent logins), already plain text
+            text = f"{text.rstrip('.')}: {for_display(message, limit=200).rstrip('.')}."
+        sys.stderr.write(text + "\n")
         return 1
 
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
