@@ -167,6 +167,9 @@ def _typed(problems: _Problems, table: dict[str, Any], section: str) -> dict[str
             continue
         if expected is float:
             ok = _is_number(value)
+            if ok and isinstance(value, int) and abs(value) > 1e300:  # TOML integers have no bound here
+                problems.add(dotted, "is out of range")
+                continue
         elif expected is int:
             ok = isinstance(value, int) and not isinstance(value, bool)
         else:
@@ -208,7 +211,7 @@ def parse_map_file(text: str, path: str) -> tuple[tuple[tuple[str, DuoIdentity],
         seen.add(local)
         if target.startswith("user_id="):
             user_id = target[len("user_id="):]
-            if not _USER_ID.match(user_id):
+            if not _USER_ID.fullmatch(user_id):
                 problems.append(f"{path}: line {number}: user_id must be 'DU' followed by 18 letters or digits")
                 continue
             mapping.append((local, DuoIdentity(user_id=user_id)))
@@ -225,7 +228,7 @@ def _parse_duo(problems: _Problems, raw: dict[str, Any], read: Callable[[str, bo
     ikey = table.get("ikey")
     if ikey is None:
         problems.add("duo.ikey", "required key is missing")
-    elif not _IKEY.match(ikey):
+    elif not _IKEY.fullmatch(ikey):
         problems.add("duo.ikey", "must be 'DI' followed by 18 capital letters or digits")
     elif ikey == "DIXXXXXXXXXXXXXXXXXX":
         problems.add("duo.ikey", "is still the example value; set the integration key from the Duo Admin Panel")
@@ -246,7 +249,7 @@ def _parse_duo(problems: _Problems, raw: dict[str, Any], read: Callable[[str, bo
                 problems.add_file("duo.skey_file", exc)
         elif skey_file == "":
             problems.add("duo.skey_file", "must not be empty")
-    if skey is not None and not _SKEY.match(skey):
+    if skey is not None and not _SKEY.fullmatch(skey):
         problems.add("duo.skey_file" if skey_file else "duo.skey", "must be 40 letters or digits")
         skey = None
 
@@ -258,9 +261,9 @@ def _parse_duo(problems: _Problems, raw: dict[str, Any], read: Callable[[str, bo
         name, sep, port_text = host_value.rpartition(":")
         if not sep:
             name, port_text = host_value, ""
-        if not _HOSTNAME.match(name):
+        if not _HOSTNAME.fullmatch(name):  # fullmatch: '$' alone would let a trailing newline through
             problems.add("duo.host", f"not a valid host name: {host_value!r}")
-        elif port_text and (not port_text.isdigit() or not 0 < int(port_text) < 65536):
+        elif port_text and (not (port_text.isascii() and port_text.isdigit()) or not 0 < int(port_text) < 65536):
             problems.add("duo.host", f"not a valid port: {port_text!r}")
         else:
             host = name.lower()
@@ -277,7 +280,7 @@ def _parse_duo(problems: _Problems, raw: dict[str, Any], read: Callable[[str, bo
 
     proxy = None
     if table.get("proxy"):
-        match = _PROXY.match(table["proxy"])
+        match = _PROXY.fullmatch(table["proxy"])
         if not match or not 0 < int(match["port"]) < 65536:
             problems.add("duo.proxy", "must look like http://[user:password@]host:port")
         else:
@@ -328,7 +331,7 @@ def _parse_users(problems: _Problems, raw: dict[str, Any], read: Callable[[str, 
     groups = table.get("groups", [])
     clean: list[str] = []
     for index, pattern in enumerate(groups):
-        if not isinstance(pattern, str) or not _GROUP_PATTERN.match(pattern):
+        if not isinstance(pattern, str) or not _GROUP_PATTERN.fullmatch(pattern):
             problems.add(f"users.groups[{index}]", "must be a group name or pattern, optionally prefixed with '!'")
         else:
             clean.append(pattern)
@@ -418,4 +421,12 @@ def load_config(path: str = DEFAULT_PATH) -> Config:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise ConfigError([f"{path}: not valid UTF-8"]) from None
-    return parse_config(text, path)
+    config = parse_config(text, path)
+    if config.log.audit_file:
+        # The audit file is written as root: the file rule applies to it like to any other file,
+        # and a violation is a configuration error (SPEC §4), not a line in the log.
+        try:
+            files.check_append_target(config.log.audit_file)
+        except FileRuleError as exc:
+            raise ConfigError([f"{path}: log.audit_file: {exc.path}: {exc.reason}"]) from None
+    return config

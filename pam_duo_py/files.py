@@ -116,6 +116,24 @@ def read_checked(path: str, *, secret: bool = False) -> bytes:
         os.close(fd)
 
 
+def check_append_target(path: str) -> None:
+    """The checks of :func:`open_append_checked`, without creating or writing anything.
+
+    The directories must pass; the file must pass when it exists (it is created 0600 otherwise).
+    """
+    check_directories(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise _open_error(path, exc) from None
+    try:
+        _check_fd(path, fd, secret=True)
+    finally:
+        os.close(fd)
+
+
 def open_append_checked(path: str) -> int:
     """Open (creating 0600) a file for appending, after the same checks. Returns a file descriptor."""
     check_directories(path)

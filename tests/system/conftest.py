@@ -478,8 +478,9 @@ def write_map_file(test_root) -> Iterator[Callable[..., Path]]:
 class Simulator:
     """The installed ``pam-duo-py simulate``, run as a child with clean_env()."""
 
-    def __init__(self, state_dir: Path, log_path: Path):
+    def __init__(self, state_dir: Path, log_path: Path, args: Iterable[str] = ()):
         self.state_dir = state_dir
+        self.args = list(args)  # more `pam-duo-py simulate` options, e.g. ["--tls", "wronghost"]
         self.request_log = state_dir / "requests.jsonl"
         self.log_path = log_path
         self.port: Optional[int] = None
@@ -496,7 +497,7 @@ class Simulator:
         if self.running:
             return self
         port = self.port if self.port is not None else 0
-        argv = [str(CLI), "simulate", "--port", str(port), "--state-dir", str(self.state_dir)]
+        argv = [str(CLI), "simulate", "--port", str(port), "--state-dir", str(self.state_dir), *self.args]
         log = open(self.log_path, "ab")
         try:
             self.process = subprocess.Popen(
@@ -659,6 +660,7 @@ class SyslogCapture:
     """Datagrams sent to /dev/log during the test run (when this process owns it)."""
 
     SENTINEL = b"\x00pam_duo_py-tests-stop\x00"
+    running: Optional["SyslogCapture"] = None  # the one that owns the socket in this process, if any
 
     def __init__(self, path: str = "/dev/log"):
         self.path = path
@@ -680,6 +682,7 @@ class SyslogCapture:
         self._thread = threading.Thread(target=self._receive, name="syslog-capture", daemon=True)
         self._thread.start()
         self.available = True
+        SyslogCapture.running = self
         return self
 
     def _stale_socket(self) -> bool:
@@ -726,6 +729,8 @@ class SyslogCapture:
             self._thread.join(timeout=5)
         self._sock.close()
         self._sock = None
+        if SyslogCapture.running is self:
+            SyslogCapture.running = None
         try:
             os.unlink(self.path)
         except FileNotFoundError:

@@ -4,7 +4,7 @@
  *   gcc -O2 -Wall -o pamdrive pamdrive.c -lpam
  *
  *   pamdrive [--rhost H] [--tty T] [--ruser U] [--authtok PW] [--loop N]
- *            [--quiet] SERVICE USER [ANSWER...]
+ *            [--quiet] [--rss] [--time] SERVICE USER [ANSWER...]
  *
  * It runs pam_start(SERVICE, USER) / pam_authenticate(0) / pam_end and prints
  * one line per conversation message on stdout:
@@ -22,6 +22,11 @@
  * start from the first one each time), with a RESULT line per iteration;
  * --quiet prints only the RESULT lines. The exit status is the last PAM code.
  *
+ * --rss prints "RSS <iteration> <VmRSS kB> <VmHWM kB>" (from /proc/self/status)
+ * after the first and after the last iteration, for memory-growth tests.
+ * --time prints "TIME <iteration> <seconds>" after each RESULT line: how long
+ * pam_authenticate() took (monotonic clock), without the process start-up.
+ *
  * --authtok: libpam refuses PAM_AUTHTOK from an application
  * (PAM_BAD_ITEM), so when pam_set_item() refuses it right after pam_start,
  * it is set at the start of the first conversation call instead, when a
@@ -33,6 +38,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <security/pam_appl.h>
 
@@ -40,6 +46,9 @@ static char **answers;
 static int n_answers;
 static int next_answer;
 static int quiet;
+static int print_rss;
+static int print_time;
+static long iteration_no;
 static const char *authtok;
 static int authtok_pending;
 static pam_handle_t *current_pamh;
@@ -48,7 +57,7 @@ static void usage(void)
 {
     fprintf(stderr,
             "usage: pamdrive [--rhost H] [--tty T] [--ruser U] [--authtok PW]"
-            " [--loop N] [--quiet] SERVICE USER [ANSWER...]\n");
+            " [--loop N] [--quiet] [--rss] [--time] SERVICE USER [ANSWER...]\n");
     exit(2);
 }
 
@@ -164,6 +173,26 @@ static int conversation(int num_msg, const struct pam_message **msg,
     return PAM_SUCCESS;
 }
 
+/* "RSS <iteration> <VmRSS kB> <VmHWM kB>" from /proc/self/status. */
+static void report_rss(long iteration)
+{
+    char line[256];
+    long rss = -1, hwm = -1;
+    FILE *f = fopen("/proc/self/status", "r");
+
+    if (f != NULL) {
+        while (fgets(line, sizeof(line), f) != NULL) {
+            if (strncmp(line, "VmRSS:", 6) == 0)
+                rss = strtol(line + 6, NULL, 10);
+            else if (strncmp(line, "VmHWM:", 6) == 0)
+                hwm = strtol(line + 6, NULL, 10);
+        }
+        fclose(f);
+    }
+    printf("RSS %ld %ld %ld\n", iteration, rss, hwm);
+    fflush(stdout);
+}
+
 static int set_item(pam_handle_t *pamh, int item, const char *value,
                     const char *name)
 {
@@ -183,8 +212,10 @@ static int run_once(const char *service, const char *user, const char *rhost,
 {
     struct pam_conv conv = { conversation, NULL };
     pam_handle_t *pamh = NULL;
+    struct timespec t0 = { 0, 0 }, t1 = { 0, 0 };
     int rc;
 
+    iteration_no++;
     next_answer = 0;
     authtok_pending = 0;
     rc = pam_start(service, user, &conv, &pamh);
@@ -208,10 +239,15 @@ static int run_once(const char *service, const char *user, const char *rhost,
             goto done;
     }
 
+    clock_gettime(CLOCK_MONOTONIC, &t0);
     rc = pam_authenticate(pamh, 0);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
 
 done:
     printf("RESULT %d %s\n", rc, pam_strerror(pamh, rc));
+    if (print_time)
+        printf("TIME %ld %.6f\n", iteration_no,
+               (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9);
     fflush(stdout);
     pam_end(pamh, rc);
     current_pamh = NULL;
@@ -233,6 +269,14 @@ int main(int argc, char **argv)
             break;
         } else if (strcmp(opt, "--quiet") == 0) {
             quiet = 1;
+            argi++;
+            continue;
+        } else if (strcmp(opt, "--rss") == 0) {
+            print_rss = 1;
+            argi++;
+            continue;
+        } else if (strcmp(opt, "--time") == 0) {
+            print_time = 1;
             argi++;
             continue;
         }
@@ -264,7 +308,10 @@ int main(int argc, char **argv)
     answers = argv + argi + 2;
     n_answers = argc - argi - 2;
 
-    for (i = 0; i < loops; i++)
+    for (i = 0; i < loops; i++) {
         rc = run_once(service, user, rhost, tty, ruser);
+        if (print_rss && (i == 0 || i == loops - 1))
+            report_rss(i + 1);
+    }
     return rc;
 }

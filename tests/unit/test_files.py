@@ -304,3 +304,55 @@ def test_write_atomic_replaces_with_an_owner_only_file(home):
 
 def test_trusted_uids_are_root_and_the_effective_user():
     assert files.trusted_uids() == frozenset({0, os.geteuid()})
+
+
+# -- the audit file, checked when the config is loaded ------------------------------------------
+
+def test_check_append_target_accepts_a_missing_or_owner_only_file_and_creates_nothing(home):
+    files.check_append_target(str(home / "audit.jsonl"))
+    assert not (home / "audit.jsonl").exists()
+    files.check_append_target(make(home / "audit.jsonl", b"", 0o600))
+
+
+@pytest.mark.parametrize("mode", [0o620, 0o602, 0o644, 0o640])
+def test_check_append_target_refuses_a_file_others_may_write_or_read(home, mode):
+    path = make(home / "audit.jsonl", b"", mode)
+    with pytest.raises(FileRuleError) as info:
+        files.check_append_target(path)
+    assert info.value.path == path and "mode" in info.value.reason
+
+
+def test_check_append_target_refuses_a_symlink_a_fifo_and_a_writable_directory(home):
+    make(home / "real", b"", 0o600)
+    os.symlink(home / "real", home / "link")
+    os.mkfifo(home / "fifo", 0o600)
+    parent = home / "logs"
+    parent.mkdir()
+    os.chmod(parent, 0o770)
+    for path, words in ((home / "link", "symlink"), (home / "fifo", "not a regular file"),
+                        (parent / "audit.jsonl", "writable by group or others")):
+        with pytest.raises(FileRuleError) as info:
+            files.check_append_target(str(path))
+        assert words in info.value.reason, info.value.reason
+
+
+@needs_root
+def test_check_append_target_refuses_a_file_owned_by_someone_else(home):
+    path = make(home / "audit.jsonl", b"", 0o600)
+    os.chown(path, OTHER_UID, -1)
+    with pytest.raises(FileRuleError):
+        files.check_append_target(path)
+
+
+def test_load_config_refuses_a_bad_audit_file_as_a_configuration_error(home):
+    from pam_duo_py.config import load_config
+    from pam_duo_py.errors import ConfigError
+
+    audit = make(home / "audit.jsonl", b"", 0o666)
+    conf = make(home / "pam_duo.toml", ('[duo]\nikey = "DIABCDEFGHIJKLMNOPQR"\nskey = "' + "S" * 40 + '"\n'
+                                        f'host = "api-test.duosecurity.com"\n[log]\naudit_file = "{audit}"\n').encode())
+    with pytest.raises(ConfigError) as info:
+        load_config(conf)
+    assert info.value.problems == (f"{conf}: log.audit_file: {audit}: mode 0666 is writable by group or others",)
+    os.chmod(audit, 0o600)
+    assert load_config(conf).log.audit_file == audit
