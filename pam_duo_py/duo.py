@@ -91,6 +91,19 @@ class _DeadlineSocket:
         return getattr(self._sock, name)
 
 
+def _peer_closed(sock: Any) -> bool:
+    """Whether an idle keep-alive connection has been closed (or written to) by the server."""
+    if sock is None:
+        return True
+    import select
+
+    try:
+        readable, _, _ = select.select([sock.fileno()], [], [], 0)
+    except (OSError, ValueError):
+        return True
+    return bool(readable)
+
+
 def _open_tcp(host: str, port: int, remaining: Callable[[], float]) -> socket.socket:
     """Connect to the first address that answers; each address gets an equal share of the time left."""
     infos = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)
@@ -240,6 +253,15 @@ def _make_auth_class() -> type:
                 self._conn = None
 
         def _send(self, method: str, uri: str, body: Any, headers: dict) -> tuple[http.client.HTTPResponse, bytes]:
+            """One request on the login's keep-alive connection.
+
+            A request is sent again only when it cannot have reached Duo: the idle
+            connection was found closed before sending, or sending itself failed. Once
+            the request is out, a lost reply is an error, never a second request (a
+            second POST /auth would be a second push).
+            """
+            if self._conn is not None and _peer_closed(self._conn.sock):
+                self.close()
             for attempt in (1, 2):
                 reused = self._conn is not None
                 if self._conn is None:
@@ -247,14 +269,17 @@ def _make_auth_class() -> type:
                 conn = self._conn
                 try:
                     conn.request(method, uri, body, headers)
-                    response = conn.getresponse()
-                    data = response.read()
-                except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError, ssl.SSLEOFError):
-                    # SSLEOFError: writing a request body to a keep-alive connection the server closed
+                except (ConnectionResetError, BrokenPipeError, ssl.SSLEOFError):
                     self.close()
                     if reused and attempt == 1 and self.remaining() > 0:
-                        continue  # the server closed an idle keep-alive connection; retry once on a fresh one
+                        continue  # the server had closed the idle connection: the request never left
                     raise
+                except BaseException:
+                    self.close()
+                    raise
+                try:
+                    response = conn.getresponse()
+                    data = response.read()
                 except BaseException:
                     self.close()
                     raise

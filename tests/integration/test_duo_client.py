@@ -677,6 +677,19 @@ def test_reconnects_after_server_closed_idle_connection(client, sim: Simulator) 
             socket.socket.shutdown(sock, socket.SHUT_RDWR)
         except OSError:
             pass
-    time.sleep(0.1)
+    # Wait (on the socket, not the clock) until the hang-up has reached the client.
+    select.select([c._auth._conn.sock.fileno()], [], [], 5)
     assert c.auth(who(name), "passcode", {"passcode": "123456", "async": "0"})["result"] == "allow"
     assert c.connections_opened == 2
+
+
+def test_request_lost_after_sending_is_never_sent_twice(client, sim: Simulator) -> None:
+    """A server that closes after reading POST /auth: an error, not a second push."""
+    c = client()
+    name = uniq("alice", "close@auth")
+    assert preauth(c, name).result == "auth"
+    mark = log_mark(sim)
+    with pytest.raises(DuoUnavailable):
+        c.auth(who(name), "push", {"device": "auto", "async": "1"})
+    auths = [r for r in log_since(sim, mark) if r.get("event") == "request" and r.get("path") == "/auth/v2/auth"]
+    assert len(auths) == 1
