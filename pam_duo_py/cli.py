@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Sequence
 
@@ -112,11 +113,11 @@ def _check(config_path: str, user: str | None) -> int:
     if offset is None:
         print("Clock: Duo sent no Date header; offset unknown")
     elif abs(offset) > CLOCK_LIMIT:
-        print(f"Clock: this machine's clock differs from Duo's by {offset:+.0f} s: too large "
+        print(f"Clock: this machine's clock differs from Duo's by {round(offset):+d} s: too large "
               f"(Duo refuses requests more than a few minutes off); fix NTP", file=sys.stderr)
         status = EXIT_CLOCK
     else:
-        print(f"Clock: offset from Duo {offset:+.0f} s (OK)")
+        print(f"Clock: offset from Duo {round(offset):+d} s (OK; the Date header has 1 s resolution)")
 
     if user:
         from . import users as users_mod
@@ -138,7 +139,11 @@ def _check(config_path: str, user: str | None) -> int:
             return EXIT_DUO
         finally:
             client.close()
-        shown = f"Duo user {identity}"
+        from .text import for_display
+
+        shown = f"Duo user {for_display(str(identity), 100)}"
+        pre = pre.replace(status_msg=for_display(pre.status_msg, 300),
+                          enroll_portal_url=for_display(pre.enroll_portal_url or "", 500))
         if pre.result == "allow":
             print(f"User {user} ({shown}): allowed without a second factor ({pre.status_msg})")
         elif pre.result == "deny":
@@ -165,6 +170,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return simulate_main(argv[1:])
     args = _parser().parse_args(argv)
+    args.config = os.path.abspath(args.config)  # the file rule needs an absolute path; accept one relative to here
     if args.command == "check":
         return _check(args.config, args.user)
     if args.command == "broker":
