@@ -105,15 +105,20 @@ def read_checked(path: str, *, secret: bool = False) -> bytes:
         st = _check_fd(path, fd, secret=secret)
         if st.st_size > MAX_SIZE:
             raise FileRuleError(path, f"larger than {MAX_SIZE} bytes")
-        chunks = []
-        while True:
-            chunk = os.read(fd, 65536)
-            if not chunk:
-                break
-            chunks.append(chunk)
-        return b"".join(chunks)
+        return read_all(fd)
     finally:
         os.close(fd)
+
+
+def read_all(fd: int) -> bytes:
+    """Everything left to read from an open file descriptor."""
+    chunks = []
+    while True:
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            break
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def check_append_target(path: str) -> None:

@@ -36,6 +36,7 @@ import textwrap
 from dataclasses import dataclass, field
 from typing import Sequence
 
+from . import files
 from .config import DEFAULT_PATH, DEFAULT_SOCKET, parse_config
 from .errors import ConfigError, PamDuoError
 
@@ -859,15 +860,10 @@ def _read_source(src: str) -> tuple[str, list[str]]:
                          f"to read such a file (\"must be readable only by user ...\") and then used failmode safe, "
                          f"letting every user in without Duo. Its secret key may also have been read by others: "
                          f"consider a new one from the Duo Admin Panel.")
-        chunks = []
-        while True:
-            chunk = os.read(fd, 65536)
-            if not chunk:
-                break
-            chunks.append(chunk)
+        raw = files.read_all(fd)
     finally:
         os.close(fd)
-    return b"".join(chunks).decode("utf-8", "surrogateescape"), notes
+    return raw.decode("utf-8", "surrogateescape"), notes
 
 
 def _print(text: str, stream) -> None:
