@@ -8,7 +8,10 @@ client -> broker, first frame::
 
     {"type": "login", "user": "alice", "service": "sshd", "rhost": "203.0.113.5",
      "tty": "/dev/pts/3", "interactive": true, "command": "ls", "env_passcode": null,
-     "password": null, "config": "/etc/pam_duo_py/pam_duo.toml"}
+     "password": null, "config": "/etc/pam_duo_py/pam_duo.toml", "caller_uid": 1000}
+
+(``caller_uid``: the real uid of the program that runs the PAM stack, taken from root callers
+only; under su it is the user who ran su, who does Duo for su to root.)
 
 broker -> client, any number of::
 
@@ -269,6 +272,12 @@ def _text(message: dict[str, Any], key: str, limit: int = 1024) -> str | None:
     return value[:limit]
 
 
+def _caller_uid(message: dict[str, Any]) -> int:
+    """The real uid of the host program (su runs as root for its caller), as a root client reports it."""
+    value = message.get("caller_uid")
+    return value if type(value) is int and 0 <= value < 2**32 else 0
+
+
 class Broker:
     def __init__(self, config_path: str, *, socket_path: str | None = None,
                  duo_factory: Callable[[Any], Any] | None = None) -> None:
@@ -436,7 +445,8 @@ class Broker:
             request = LoginRequest(
                 user=user, service=_text(message, "service", 64) or "", rhost=_text(message, "rhost", 256),
                 tty=_text(message, "tty", 256), interactive=interactive, command=_text(message, "command", 4096),
-                caller_uid=0, password=_text(message, "password"), env_passcode=_text(message, "env_passcode", 64),
+                caller_uid=_caller_uid(message), password=_text(message, "password"),
+                env_passcode=_text(message, "env_passcode", 64),
                 trusted_address=True,
             )
         else:

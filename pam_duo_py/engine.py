@@ -12,11 +12,12 @@ import urllib.parse
 from typing import Callable, Protocol
 
 from .record import Record
-from .answers import Choice, Refusal, build_menu, parse_answer
+from .answers import Choice, Menu, Refusal, build_menu, parse_answer
 from .config import AuthSettings, DuoIdentity
 from .duo import DuoApi
 from .errors import ConversationError, DuoError, DuoRefused, DuoTimeout, DuoUnavailable
 from .replies import AuthResult, Device, Preauth, parse_auth_result, parse_auth_started
+from .hosts import holds_info_messages
 from .text import for_display
 
 TYPE_CHECKING = False
@@ -84,6 +85,9 @@ MSG_TOO_MANY = "Too many failed attempts."
 MSG_TIMED_OUT = "The login request was not answered in time."
 MSG_DENIED = "Login request denied."
 MSG_FRAUD = "Login request reported as fraudulent."
+# Under sshd nothing reaches the user between the answer and the end of the wait (FACTS.md),
+# so the menu says beforehand what will happen.
+MSG_SSHD_NOTICE = "(Duo contacts your phone when you answer: approve the request there. Nothing more is shown here until you do.)"
 
 
 class _Stop(Exception):
@@ -208,7 +212,7 @@ class Engine:
         last: Outcome | None = None
         while attempts < self.settings.prompts:
             try:
-                answer = self.ui.ask(menu.text())
+                answer = self.ui.ask(self._menu_prompt(login, menu))
             except ConversationError:
                 return Outcome(Result.CONV_ERR, "failure", "conversation ended at the prompt")
             choice = parse_answer(answer, menu, login.password)
@@ -232,6 +236,14 @@ class Engine:
         reason = "attempts used up" + (f" (last: {last.reason})" if last else "")
         return Outcome(Result.MAXTRIES, "failure", reason, factor=last.factor if last else None,
                        txid=last.txid if last else None)
+
+    def _menu_prompt(self, login: Login, menu: Menu) -> str:
+        """The menu; under sshd with a line saying that the push (or call) goes out on answering."""
+        text = menu.text()
+        if not holds_info_messages(login.service) or not any(o.factor in ("push", "phone") for o in menu.options):
+            return text
+        head, _, prompt = text.rpartition("\n")
+        return f"{head}\n{MSG_SSHD_NOTICE}\n{prompt}"
 
     def _finish(self, outcome: Outcome, *, final: bool) -> Outcome:
         if outcome.result is Result.SUCCESS:

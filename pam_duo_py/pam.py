@@ -55,6 +55,7 @@ class PamPrompter:
 
     Under sshd, info messages are held back until the next prompt, so text the
     user must read now (``alert``) rides in an echoed prompt of its own.
+    ``PAM_SILENT`` (sudo always sets it) hides status lines (``show``), never alerts.
     """
 
     def __init__(self, pamh: Any, *, silent: bool, holds_info: bool) -> None:
@@ -92,8 +93,8 @@ class PamPrompter:
             except ConversationError:
                 pass
             return
-        if self.silent:
-            return
+        # Not even PAM_SILENT hides an alert: sudo always sets that flag, and without the text
+        # the user cannot act (Verified Push code, enrollment URL) or learn why they were refused.
         try:
             self._converse(self.pamh.PAM_ERROR_MSG, text)
         except ConversationError:
@@ -198,7 +199,7 @@ def _via_broker(socket_path: str, conf: str, fields: dict, ui: PamPrompter) -> s
         return None
     try:
         with sock:
-            result, message = converse(sock, dict(fields, config=os.path.abspath(conf)), ui)
+            result, message = converse(sock, dict(fields, config=os.path.abspath(conf), caller_uid=os.getuid()), ui)
     except (ProtocolError, OSError):
         send_syslog(LOG_ERR, "lost the broker during a login; refused")
         return "AUTH_ERR"

@@ -12,7 +12,8 @@ State directory
 ``wronghost.pem``/``wronghost.key`` (DNS:wrong.example), ``other-ca.pem`` (an unrelated CA
 that signed nothing), ``keys.json`` (ikey/skey, 0600), ``duo.toml`` (config snippet, 0600),
 ``port`` and ``requests.jsonl`` (one JSON object per line: ``connection``, ``tls``,
-``tls_error``, ``request`` and ``push_resolved`` events; never the skey or a passcode).
+``tls_error``, ``request`` and ``push_resolved`` events; never the skey or a passcode;
+an ``/auth`` request line carries the ``pushinfo`` it was sent with).
 An existing CA and keys are reused, so a restart keeps them.
 
 Scripted users
@@ -218,6 +219,7 @@ class _Request:
     username: Optional[str] = None
     factor: Optional[str] = None
     txid: Optional[str] = None
+    pushinfo: Optional[str] = None
 
 
 @dataclass
@@ -405,6 +407,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             "ts_start": ts_start, "ts_end": time.time()}
         if req.txid:
             record["txid"] = req.txid
+        if req.pushinfo is not None:
+            record["pushinfo"] = req.pushinfo  # what the push showed; not secret
         if reply.fault:
             record["fault"] = reply.fault
         self.sim._log(record)
@@ -708,6 +712,8 @@ class Simulator:
             return self._with_faults(user, "preauth", lambda: self._preauth(user, params))
         factor = params.get("factor")
         req.factor = factor if isinstance(factor, str) else None
+        pushinfo = params.get("pushinfo")
+        req.pushinfo = pushinfo if isinstance(pushinfo, str) else None
         return self._with_faults(user, "auth", lambda: self._auth(req, user, params))
 
     def _verify(self, req: _Request) -> Optional[_Reply]:

@@ -3,6 +3,9 @@
 #
 #   sudo scripts/install.sh              install or update; safe to run again
 #   sudo scripts/install.sh --uninstall  remove what this script installed
+#   sudo scripts/install.sh --with-pam-examples
+#                                        also copy the example PAM services and sshd
+#                                        snippets to /usr/local/share/pam_duo_py/
 #
 # See --help for what goes where. This script never edits an existing PAM stack.
 set -euo pipefail
@@ -30,6 +33,11 @@ DEB_PACKAGES=(python3 python3-pip libpam-python openssl)
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)
 EXAMPLE_CONFIG=$REPO/etc/pam_duo.toml
+# --with-pam-examples: etc/pam.d/* and etc/sshd_config.d/* go here, for the administrator to
+# copy; never into /etc/pam.d or /etc/ssh.
+SHARE_DIR=/usr/local/share/pam_duo_py
+EXAMPLE_DIRS=(pam.d sshd_config.d)
+WITH_EXAMPLES=0
 
 SUMMARY=()      # lines printed at the end
 NEW_MANIFEST=() # entries recorded by this run
@@ -39,7 +47,7 @@ POLICY_RC_CREATED=0
 
 usage() {
     cat <<EOF
-Usage: scripts/install.sh [--uninstall] [--help]
+Usage: scripts/install.sh [--with-pam-examples] [--uninstall] [--help]
 
 Installs pam_duo_py for /usr/bin/python3 (the Python that pam_python.so embeds).
 Run it as root from a checkout of the repository; running it again is safe.
@@ -57,6 +65,11 @@ No PAM stack is changed. Add a line such as
   auth required pam_python.so $ENTRY conf=$CONFIG
 yourself (see README.md for the two supported stacks).
 
+  --with-pam-examples
+                also copy the example PAM services (etc/pam.d: sshd, sudo,
+                sudo-i, su, su-l, login) and sshd snippets (etc/sshd_config.d)
+                to $SHARE_DIR/{pam.d,sshd_config.d}/ for you to
+                review and copy; /etc/pam.d and /etc/ssh are not touched
   --uninstall   remove what this script installed. The config file is kept
                 when it differs from the shipped example. Debian packages are
                 left installed.
@@ -400,6 +413,11 @@ do_install() {
         note "skipped    $CONFIG (etc/pam_duo.toml is not in this checkout)"
     fi
 
+    # 5. Only when asked: the example PAM services and sshd snippets, beside the code.
+    if [[ $WITH_EXAMPLES == 1 ]]; then
+        install_examples
+    fi
+
     write_manifest
 
     say ""
@@ -407,6 +425,33 @@ do_install() {
     printf '  %s\n' "${SUMMARY[@]}"
     say "No PAM stack was changed. Add to a PAM service, for example:"
     say "  auth required pam_python.so $ENTRY conf=$CONFIG"
+}
+
+# install_examples: etc/pam.d/* and etc/sshd_config.d/* to $SHARE_DIR/<same dir>/ (0644).
+# They are examples for the administrator to copy: nothing in /etc changes.
+install_examples() {
+    local sub src dest state
+    check_path_secure "$(dirname -- "$SHARE_DIR")"
+    # These directories are the product's own: --uninstall removes them once they are empty.
+    for dest in "$SHARE_DIR" "${EXAMPLE_DIRS[@]/#/$SHARE_DIR/}"; do
+        if [[ ! -d $dest ]]; then
+            mkdir -m 0755 -- "$dest"
+        fi
+        chown root:root -- "$dest"
+        chmod 0755 -- "$dest"
+        NEW_MANIFEST+=("sharedir $dest")
+    done
+    for sub in "${EXAMPLE_DIRS[@]}"; do
+        [[ -d $REPO/etc/$sub ]] || die "$REPO/etc/$sub not found"
+        for src in "$REPO/etc/$sub"/*; do
+            [[ -f $src && ! -L $src ]] || continue
+            dest=$SHARE_DIR/$sub/$(basename -- "$src")
+            state=$(install_file "$src" "$dest" 644)
+            note "$(printf '%-10s %s' "$state" "$dest")"
+            NEW_MANIFEST+=("example $dest")
+        done
+    done
+    note "examples   copy what you need from $SHARE_DIR to /etc/pam.d and /etc/ssh/sshd_config.d yourself"
 }
 
 # write_command FILE NAME MODULE
@@ -428,6 +473,17 @@ do_uninstall() {
     restore_pam_files
 
     local path
+    while read -r path; do
+        if [[ -e $path || -L $path ]]; then
+            rm -f -- "$path"
+            note "removed    $path"
+        fi
+    done < <(awk '$1 == "example" { print $2 }' "$MANIFEST")
+    while read -r path; do   # deepest first, and only when empty
+        if [[ -d $path ]] && rmdir -- "$path" 2>/dev/null; then
+            note "removed    $path"
+        fi
+    done < <(awk '$1 == "sharedir" { print $2 }' "$MANIFEST" | LC_ALL=C sort -r)
     for path in "$CMD_CLI" "$CMD_LOGIN" "$ENTRY"; do
         if manifest_has file "$path" && [[ -e $path || -L $path ]]; then
             rm -f -- "$path"
@@ -487,6 +543,7 @@ main() {
     while (( $# > 0 )); do
         case $1 in
             --uninstall) mode=uninstall ;;
+            --with-pam-examples) WITH_EXAMPLES=1 ;;
             -h|--help) usage; exit 0 ;;
             *) printf 'install.sh: unknown argument: %s\n\n' "$1" >&2; usage >&2; exit 2 ;;
         esac

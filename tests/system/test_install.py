@@ -309,3 +309,43 @@ def test_libpam_loads_the_entry_file_and_a_missing_config_refuses(installed, pam
     assert not run.crashed, str(run)
     assert run.results, str(run)
     assert run.code == PAM_SERVICE_ERR, str(run)
+
+
+# ------------------------------------------------------------------ --with-pam-examples
+SHARE_DIR = Path("/usr/local/share/pam_duo_py")
+
+
+def test_pam_examples_only_with_the_flag_and_uninstall_removes_them(installed):
+    shipped = {f"{sub}/{p.name}": p.read_bytes() for sub in ("pam.d", "sshd_config.d")
+               for p in sorted((REPO / "etc" / sub).iterdir()) if p.is_file()}
+    assert {"pam.d/sshd", "pam.d/sudo", "pam.d/sudo-i", "pam.d/su", "pam.d/su-l", "pam.d/login",
+            "sshd_config.d/pam_duo_py-kbdint.conf"} <= set(shipped)
+    pam_before = {p.name: _sha256(p) for p in Path("/etc/pam.d").iterdir() if p.is_file()}
+    ssh_before = sorted(os.listdir("/etc/ssh/sshd_config.d")) if os.path.isdir("/etc/ssh/sshd_config.d") else []
+    try:
+        proc = run_install("--with-pam-examples")
+        for rel, data in shipped.items():
+            path = SHARE_DIR / rel
+            assert path.read_bytes() == data, rel
+            assert _mode(path) == 0o644
+            _assert_root_and_not_writable(path)
+        for directory in (SHARE_DIR, SHARE_DIR / "pam.d", SHARE_DIR / "sshd_config.d"):
+            assert _mode(directory) == 0o755
+            _assert_root_and_not_writable(directory)
+        entries = {tuple(line.split()[:2]) for line in MANIFEST.read_text().splitlines()
+                   if line and not line.startswith("#")}
+        assert {("example", str(SHARE_DIR / rel)) for rel in shipped} <= entries
+        assert "/usr/local/share/pam_duo_py" in proc.stdout
+        # Never into /etc: the administrator copies what they need.
+        assert {p.name: _sha256(p) for p in Path("/etc/pam.d").iterdir() if p.is_file()} == pam_before
+        assert (sorted(os.listdir("/etc/ssh/sshd_config.d"))
+                if os.path.isdir("/etc/ssh/sshd_config.d") else []) == ssh_before
+        # A later run without the flag keeps them, and still knows about them.
+        run_install()
+        assert all((SHARE_DIR / rel).read_bytes() == data for rel, data in shipped.items())
+        proc = run_install("--uninstall")
+        assert not SHARE_DIR.exists(), proc.stdout
+    finally:
+        run_install()
+    assert not SHARE_DIR.exists(), "the examples were installed without --with-pam-examples"
+    assert {p.name: _sha256(p) for p in Path("/etc/pam.d").iterdir() if p.is_file()} == pam_before
