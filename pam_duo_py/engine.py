@@ -87,7 +87,7 @@ MSG_DENIED = "Login request denied."
 MSG_FRAUD = "Login request reported as fraudulent."
 # Under sshd nothing reaches the user between the answer and the end of the wait (FACTS.md),
 # so the menu says beforehand what will happen.
-MSG_SSHD_NOTICE = "(Duo contacts your phone when you answer: approve the request there. Nothing more is shown here until you do.)"
+MSG_SSHD_NOTICE = "(After Duo Push or Phone call, approve the request on your phone: nothing more is shown here until you do.)"
 
 
 class _Stop(Exception):

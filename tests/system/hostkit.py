@@ -53,8 +53,8 @@ MENU_BODY = (
     "\n"
 )
 MENU_PROMPT = "Passcode or option (1-5): "
-SSHD_NOTICE = ("(Duo contacts your phone when you answer: approve the request there. "
-               "Nothing more is shown here until you do.)\n")
+SSHD_NOTICE = ("(After Duo Push or Phone call, approve the request on your phone: "
+               "nothing more is shown here until you do.)\n")
 
 
 def menu(user: str, *, sshd: bool = False) -> str:
