@@ -510,20 +510,6 @@ def test_connect_to_dead_port_is_unavailable_at_once(listeners: Listeners, clien
 
 
 # ------------------------------------------------------------------ failover
-def test_failover_localhost_first_address_dead(client, sim: Simulator) -> None:
-    """``localhost`` with ::1 first (nothing listens there) and 127.0.0.1 second (the simulator)."""
-    infos = socket.getaddrinfo("localhost", sim.port, 0, socket.SOCK_STREAM)
-    addresses = [info[4][0] for info in infos]
-    if len(addresses) < 2 or addresses[-1] != "127.0.0.1" or addresses[0] == "127.0.0.1":
-        pytest.skip(f"getaddrinfo('localhost') gives {addresses}: this machine's /etc/hosts does "
-                    "not map localhost to a dead first address followed by 127.0.0.1 (the "
-                    "patched-resolver test below covers the same code path)")
-    c = client(timeout=3)
-    result, elapsed = timed(lambda: preauth(c, uniq("allow")))
-    assert not isinstance(result, BaseException), result
-    assert result.result == "allow" and elapsed < 3
-
-
 def _black_hole(listeners: Listeners) -> tuple[str, int]:
     """A loopback address where connect() hangs: a listener whose accept queue is full, so the
     kernel drops further SYNs (as a firewalled or dead address does)."""
