@@ -22,6 +22,7 @@ import pytest
 
 from .brokerkit import BrokerProcess, fc_config_text, fc_root, socket_dir, write_map, write_root_file  # noqa: F401
 from .conftest import LOGIN, REPO, clean_env
+from .sshdkit import LoopbackSshd, free_port
 
 pytestmark = pytest.mark.system
 
@@ -36,12 +37,6 @@ MARK_COMMAND = "echo MARK-$((6*7)); exit\r"
 
 # Everything ssh, scp and sftp printed, for the check that the skey never shows.
 TRANSCRIPTS: list[bytes] = []
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def snippet_lines(socket_path: Path) -> list[str]:
@@ -61,21 +56,16 @@ def snippet_lines(socket_path: Path) -> list[str]:
     return lines
 
 
-class Sshd:
+class Sshd(LoopbackSshd):
     """One test sshd (``<dir>/sshd-pdt-fc -D -e -f <dir>/sshd_config``)."""
 
     def __init__(self, directory: Path, binary: Path, host_key: Path, keys_dir: Path,
                  socket_path: Path, subsystem: str):
-        self.dir = directory
-        self.binary = binary
+        super().__init__(directory, binary)
         self.host_key = host_key
         self.keys_dir = keys_dir
         self.socket_path = socket_path
         self.subsystem = subsystem
-        self.port = 0
-        self.process: Optional[subprocess.Popen] = None
-        self.lines: list[str] = []
-        self._cond = threading.Condition()
 
     def config_text(self) -> str:
         lines = [
@@ -99,61 +89,6 @@ class Sshd:
             *snippet_lines(self.socket_path),
         ]
         return "\n".join(lines) + "\n"
-
-    def start(self) -> "Sshd":
-        for _ in range(5):
-            self.port = _free_port()
-            config = self.dir / "sshd_config"
-            write_root_file(config, self.config_text(), 0o644)
-            check = subprocess.run([str(self.binary), "-t", "-f", str(config)], env=clean_env(),
-                                   capture_output=True, text=True)
-            assert check.returncode == 0, check.stderr
-            self.lines = []
-            self.process = subprocess.Popen([str(self.binary), "-D", "-e", "-f", str(config)],
-                                            env=clean_env(), stdin=subprocess.DEVNULL,
-                                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-            threading.Thread(target=self._read, args=(self.process,), daemon=True).start()
-            if self.wait_for(lambda s: f"Server listening on 127.0.0.1 port {self.port}" in s, 20):
-                return self
-            self.stop()  # most likely the port was taken meanwhile: try another
-        raise RuntimeError("sshd did not start:\n" + "\n".join(self.lines))
-
-    def _read(self, proc: subprocess.Popen) -> None:
-        assert proc.stderr is not None
-        for raw in proc.stderr:
-            with self._cond:
-                self.lines.append(raw.decode("utf-8", "replace").rstrip("\n"))
-                self._cond.notify_all()
-        with self._cond:
-            self._cond.notify_all()
-
-    def wait_for(self, predicate, timeout: float) -> Optional[str]:
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while True:
-                for line in self.lines:
-                    if predicate(line):
-                        return line
-                if self.process is None or self.process.poll() is not None:
-                    return None
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return None
-                self._cond.wait(min(remaining, 0.5))
-
-    def stop(self) -> None:
-        proc, self.process = self.process, None
-        if proc is not None and proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-
-    def output(self) -> str:
-        with self._cond:
-            return "\n".join(self.lines)
 
 
 class FC:
@@ -698,7 +633,7 @@ def _connect_local(port: int, bg: Background) -> socket.socket:
 
 
 def test_local_forwarding_is_refused(fc, target):
-    local = _free_port()
+    local = free_port()
     bg = Background(_forward_argv(fc, "-N", "-L", f"127.0.0.1:{local}:127.0.0.1:{target.port}"))
     try:
         assert bg.wait_for(f"Local forwarding listening on 127.0.0.1 port {local}"), bg.lines
@@ -713,7 +648,7 @@ def test_local_forwarding_is_refused(fc, target):
 
 
 def test_dynamic_forwarding_is_refused(fc, target):
-    local = _free_port()
+    local = free_port()
     bg = Background(_forward_argv(fc, "-N", "-D", f"127.0.0.1:{local}"))
     try:
         assert bg.wait_for(f"Local forwarding listening on 127.0.0.1 port {local}"), bg.lines

@@ -6,17 +6,14 @@ from __future__ import annotations
 
 import re
 import shutil
-import socket
 import subprocess
-import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 import pytest
 
 from .conftest import ENTRY, REPO, _ensure_root_dir, _write_root_file, clean_env
+from .sshdkit import LoopbackSshd
 from .hostkit import (host, host_env, host_lock, host_root, host_users, example_stack,  # noqa: F401
                       install_pam_file, menu)
 
@@ -48,12 +45,6 @@ printf '%s\n' "$answer"
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def snippet_directives() -> list[str]:
     lines = [line.strip() for line in SNIPPET.read_text().splitlines()]
     directives = [line for line in lines if line and not line.startswith("#")]
@@ -62,17 +53,12 @@ def snippet_directives() -> list[str]:
     return directives
 
 
-class HostSshd:
+class HostSshd(LoopbackSshd):
     """``<dir>/sshd-pdt-host -D -e -f <dir>/sshd_config`` on a free loopback port."""
 
     def __init__(self, directory: Path, users: list[str]):
-        self.dir = directory
-        self.binary = directory / SSHD_NAME
+        super().__init__(directory, directory / SSHD_NAME)
         self.users = users
-        self.port = 0
-        self.process: Optional[subprocess.Popen] = None
-        self.lines: list[str] = []
-        self._cond = threading.Condition()
 
     def config_text(self) -> str:
         return "\n".join([
@@ -91,68 +77,6 @@ class HostSshd:
             "PrintLastLog no",
             "MaxStartups 32",
         ]) + "\n"
-
-    def start(self) -> "HostSshd":
-        for _ in range(5):
-            self.port = _free_port()
-            config = _write_root_file(self.dir / "sshd_config", self.config_text(), 0o644)
-            check = subprocess.run([str(self.binary), "-t", "-f", str(config)], env=clean_env(),
-                                   capture_output=True, text=True)
-            assert check.returncode == 0, check.stderr
-            with self._cond:
-                self.lines = []
-            self.process = subprocess.Popen([str(self.binary), "-D", "-e", "-f", str(config)],
-                                            env=clean_env(), stdin=subprocess.DEVNULL,
-                                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-            threading.Thread(target=self._read, args=(self.process,), daemon=True).start()
-            if self.wait_for(f"Server listening on 127.0.0.1 port {self.port}", 20):
-                return self
-            self.stop()  # the port was most likely taken meanwhile: try another
-        raise RuntimeError("sshd did not start:\n" + self.output())
-
-    def _read(self, proc: subprocess.Popen) -> None:
-        assert proc.stderr is not None
-        for raw in proc.stderr:
-            with self._cond:
-                self.lines.append(raw.decode("utf-8", "replace").rstrip("\n"))
-                self._cond.notify_all()
-        with self._cond:
-            self._cond.notify_all()
-
-    def mark(self) -> int:
-        with self._cond:
-            return len(self.lines)
-
-    def wait_for(self, needle: str, timeout: float, since: int = 0) -> Optional[str]:
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while True:
-                for line in self.lines[since:]:
-                    if needle in line:
-                        return line
-                if self.process is None or self.process.poll() is not None:
-                    return None
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return None
-                self._cond.wait(min(remaining, 0.5))
-
-    def log_since(self, mark: int) -> str:
-        with self._cond:
-            return "\n".join(self.lines[mark:])
-
-    def output(self) -> str:
-        return self.log_since(0)
-
-    def stop(self) -> None:
-        proc, self.process = self.process, None
-        if proc is not None and proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
 
 
 @dataclass
