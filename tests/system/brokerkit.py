@@ -24,7 +24,7 @@ from typing import Callable, Iterable, Iterator, Optional
 
 import pytest
 
-from .conftest import CLI, LIB_DIR, _ensure_root_dir, _write_root_file, clean_env, default_map_lines, toml_table
+from .conftest import CLI, LIB_DIR, _ensure_root_dir, _write_root_file, clean_env, default_map_lines, stop_process, toml_table
 
 FC_ROOT = Path("/run/pam_duo_py_fc")
 BROKER_START_TIMEOUT = 20.0
@@ -199,13 +199,7 @@ class BrokerProcess:
         proc = self.process
         if proc is None:
             return
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_process(proc, timeout)
         for reader in self._readers:
             reader.join(timeout=timeout)
 

@@ -117,6 +117,17 @@ def _admin_env() -> dict[str, str]:
     return env
 
 
+def stop_process(proc: subprocess.Popen, timeout: float = 10.0) -> None:
+    """Terminate a child (kill it if it does not go within ``timeout``) and reap it."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 def _ensure_root_dir(path: Path, mode: int = 0o755) -> Path:
     path.mkdir(mode=mode, exist_ok=True)
     os.chown(path, 0, 0)
@@ -468,10 +479,7 @@ def write_map_file(test_root) -> Iterator[Callable[..., Path]]:
 
     yield write
     for path in written:
-        try:
-            path.unlink()
-        except FileNotFoundError:
-            pass
+        path.unlink(missing_ok=True)
 
 
 # ------------------------------------------------------------------ simulator
@@ -549,13 +557,7 @@ class Simulator:
         proc, self.process = self.process, None
         if proc is None:
             return
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_process(proc, timeout)
         if self._reader is not None:
             self._reader.join(timeout=timeout)
         if proc.stdout is not None:
@@ -649,10 +651,7 @@ def write_config(simulator, test_root) -> Iterator[Callable[..., Path]]:
 
     yield write
     for path in written:
-        try:
-            path.unlink()
-        except FileNotFoundError:
-            pass
+        path.unlink(missing_ok=True)
 
 
 # ------------------------------------------------------------------ syslog

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Callable, Optional, Union
 
-from .conftest import _write_root_file, clean_env
+from .conftest import _write_root_file, clean_env, stop_process
 
 Match = Union[str, Callable[[str], bool]]
 
@@ -93,10 +93,5 @@ class LoopbackSshd:
 
     def stop(self) -> None:
         proc, self.process = self.process, None
-        if proc is not None and proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        if proc is not None:
+            stop_process(proc)
