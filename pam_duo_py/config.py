@@ -411,8 +411,11 @@ def _parse_remember(problems: _Problems, raw: dict[str, Any]) -> RememberSetting
     return RememberSettings(seconds=seconds, services_without_address=tuple(services), state_dir=state_dir)
 
 
-def load_config(path: str = DEFAULT_PATH) -> Config:
-    """Read the config file under the file rule (it may hold skey, so it must not be readable by others)."""
+def load_config(path: str = DEFAULT_PATH, read: Callable[[str, bool], bytes] | None = None) -> Config:
+    """Read the config file under the file rule (it may hold skey, so it must not be readable by others).
+
+    ``read`` reads the files the config names, as for :func:`parse_config`.
+    """
     try:
         raw = files.read_checked(path, secret=True)
     except FileRuleError as exc:
@@ -421,7 +424,7 @@ def load_config(path: str = DEFAULT_PATH) -> Config:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise ConfigError([f"{path}: not valid UTF-8"]) from None
-    config = parse_config(text, path)
+    config = parse_config(text, path, read)
     if config.log.audit_file:
         # The audit file is written as root: the file rule applies to it like to any other file,
         # and a violation is a configuration error (SPEC §4), not a line in the log.

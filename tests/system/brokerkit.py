@@ -130,9 +130,10 @@ def write_map(path: Path, lines: Optional[Iterable[str]] = None) -> Path:
 class BrokerProcess:
     """``pam-duo-py -c CONFIG broker --socket PATH``, as root, with clean_env()."""
 
-    def __init__(self, config: Path, socket_path: Path):
+    def __init__(self, config: Path, socket_path: Path, prefix: Iterable[str] = ()):
         self.config = config
         self.socket_path = socket_path
+        self.prefix = list(prefix)  # e.g. ["prlimit", "--nofile=1024:4096", "--"]
         self.process: Optional[subprocess.Popen] = None
         self.lines: dict[str, list[str]] = {"stdout": [], "stderr": []}
         self._cond = threading.Condition()
@@ -144,7 +145,7 @@ class BrokerProcess:
         return self.process.pid
 
     def start(self, timeout: float = BROKER_START_TIMEOUT) -> "BrokerProcess":
-        argv = [str(CLI), "-c", str(self.config), "broker", "--socket", str(self.socket_path)]
+        argv = self.prefix + [str(CLI), "-c", str(self.config), "broker", "--socket", str(self.socket_path)]
         self.process = subprocess.Popen(argv, env=clean_env(), stdin=subprocess.DEVNULL,
                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd="/")
         for name, stream in (("stdout", self.process.stdout), ("stderr", self.process.stderr)):
