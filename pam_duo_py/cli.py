@@ -8,6 +8,8 @@ from typing import Sequence
 
 from .paths import DEFAULT_CONFIG as DEFAULT_PATH
 
+from .paths import DEFAULT_ADMIN_CONFIG
+
 EXIT_OK, EXIT_CONFIG, EXIT_DUO, EXIT_CLOCK = 0, 1, 2, 3
 CLOCK_LIMIT = 60.0
 
@@ -18,6 +20,8 @@ def _parser() -> argparse.ArgumentParser:
         description="Duo two-factor authentication for Unix logins: administration commands.",
     )
     parser.add_argument("-c", "--config", default=DEFAULT_PATH, help=f"config file (default {DEFAULT_PATH})")
+    parser.add_argument("--admin-config", default=DEFAULT_ADMIN_CONFIG, metavar="PATH",
+                        help=f"Admin API key file, for admin and check (default {DEFAULT_ADMIN_CONFIG})")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
@@ -28,6 +32,9 @@ def _parser() -> argparse.ArgumentParser:
                                        "Exit 0 ok, 1 config error, 2 Duo unreachable or keys rejected, "
                                        "3 clock offset too large.")
     check.add_argument("--user", metavar="NAME", help="local user to dry-run preauth for")
+    _config_options(check)
+
+    _admin_parser(sub)
 
     simulate = sub.add_parser("simulate", help="run the local Duo simulator",
                               description="Run a local HTTPS server that speaks the Duo Auth API v2 and plays "
@@ -65,6 +72,63 @@ def _parser() -> argparse.ArgumentParser:
                        help="the audit file to read (default: log.audit_file of the config; with --file no config "
                             "is needed)")
     return parser
+
+
+def _config_options(parser: argparse.ArgumentParser) -> None:
+    """-c and --admin-config after the subcommand too (SUPPRESS: absent here, the earlier value stands)."""
+    parser.add_argument("-c", "--config", default=argparse.SUPPRESS, help="config file")
+    parser.add_argument("--admin-config", default=argparse.SUPPRESS, metavar="PATH",
+                        help=f"Admin API key file (default {DEFAULT_ADMIN_CONFIG})")
+
+
+def _admin_parser(sub: argparse._SubParsersAction) -> None:
+    admin = sub.add_parser("admin", help="Duo Admin API: user details, bypass codes, enrollment, readiness",
+                           description="Duo Admin API commands, with the keys in the admin config (an [admin] "
+                                       "table: ikey, skey or skey_file, host, optional ca_file, proxy, timeout; "
+                                       "root, mode 0600). Local users are mapped to Duo users as logins map them "
+                                       "(users.map_file, users.groups of the main config). Exit 0 ok, 1 error, "
+                                       "2 Duo unreachable or refused.")
+    _config_options(admin)
+    commands = admin.add_subparsers(dest="admin_command", metavar="ADMIN_COMMAND")
+    commands.required = True
+    user = commands.add_parser("user", help="the Duo user a local user maps to",
+                               description="Show the Duo user a local user maps to: status, aliases, phones and "
+                                           "tokens with their capabilities, last login, and what the next login "
+                                           "would need. Exit 1 when Duo does not know the user. Needs \"Grant "
+                                           "read resource\".")
+    user.add_argument("name", metavar="NAME", help="local user")
+    user.add_argument("--json", action="store_true", help="one JSON object")
+    code = commands.add_parser("bypass-code", help="create bypass codes for a user who lost their phone",
+                               description="Create Duo bypass codes for a local user's Duo user, keeping the codes "
+                                           "the user already has. They are printed once, only to a terminal (use "
+                                           "--yes to print them elsewhere), and never logged; the issuance (who, "
+                                           "for whom, count, uses, validity) goes to syslog and the audit file. "
+                                           "Needs \"Grant write resource\".")
+    code.add_argument("name", metavar="NAME", help="local user")
+    code.add_argument("--count", type=int, default=1, metavar="K", help="number of codes, 1-10 (default 1)")
+    code.add_argument("--uses", type=int, default=1, metavar="N", help="uses per code, 1-100 (default 1)")
+    code.add_argument("--valid", type=_duration, default="1h", metavar="DURATION",
+                      help="how long the codes stay valid, e.g. 30m, 1h, 2d (default 1h, at most 30d)")
+    code.add_argument("--yes", action="store_true", help="print the codes even when stdout is not a terminal")
+    enroll = commands.add_parser("enroll", help="send Duo's enrollment email",
+                                 description="Send Duo's enrollment email to a local user whose Duo user has no "
+                                             "device yet (Duo creates the user when needed). Needs \"Grant write "
+                                             "resource\".")
+    enroll.add_argument("name", metavar="NAME", help="local user")
+    enroll.add_argument("email", metavar="EMAIL", help="where Duo sends the enrollment link")
+    ready = commands.add_parser("readiness", help="who would be locked out if Duo were turned on now",
+                                description="For every local account with a login shell that would have to do Duo "
+                                            "under the main config (users.groups, users.map_file), what its next "
+                                            "login would need, from the Admin API (paged; no preauth, so nothing "
+                                            "is logged at Duo per user). Exit 1 if anyone would be locked out "
+                                            "(not enrolled, unknown to Duo, disabled, locked out). Needs \"Grant "
+                                            "read resource\".")
+    ready.add_argument("--json", action="store_true",
+                       help='print {"users": [{"user", "duo_user", "state", "locked_out"}], "total", "locked_out"}')
+    ready.add_argument("--service", metavar="NAME",
+                       help="the PAM service to judge for (su and su-l: root is not listed, the caller does Duo)")
+    for parser in (user, code, enroll, ready):
+        _config_options(parser)
 
 
 def _duration(text: str) -> float:
@@ -127,11 +191,11 @@ def _check(config_path: str, user: str | None) -> int:
         if local is None:
             print(f"User {user}: no such local user", file=sys.stderr)
             return EXIT_CONFIG
-        if config.users.groups and not config.users.requires_duo(users_mod.group_names(local)):
+        identity = users_mod.duo_identity_for(config.users, local)
+        if identity is None:
             print(f"User {user}: exempt (not in users.groups); Duo is not asked")
             client.close()
             return status
-        identity = config.users.duo_identity(local.name)
         try:
             pre = client.preauth(identity, ipaddr=None, hostname=None, verified_push=config.auth.verified_push)
         except DuoError as exc:
@@ -171,8 +235,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return simulate_main(argv[1:])
     args = _parser().parse_args(argv)
     args.config = os.path.abspath(args.config)  # the file rule needs an absolute path; accept one relative to here
+    args.admin_config = os.path.abspath(args.admin_config)
     if args.command == "check":
-        return _check(args.config, args.user)
+        status = _check(args.config, args.user)
+        if os.path.lexists(args.admin_config):
+            from .admin_cli import check_admin
+
+            print()
+            status = max(status, check_admin(args.admin_config))
+        return status
+    if args.command == "admin":
+        from .admin_cli import main as admin_main
+
+        return admin_main(args)
     if args.command == "broker":
         from .broker import main as broker_main
 

@@ -352,18 +352,23 @@ def _parse_users(problems: _Problems, raw: dict[str, Any], read: Callable[[str, 
     return UsersSettings(groups=tuple(clean), map_file=map_file, mapping=mapping)
 
 
-def parse_config(text: str, path: str, read: Callable[[str, bool], bytes] | None = None) -> Config:
-    """Parse and validate config text. ``read(path, secret)`` reads referenced files (default: the file rule)."""
-    read = read or (lambda p, secret: files.read_checked(p, secret=secret))
-    problems = _Problems(path)
+def load_toml(text: str, path: str) -> dict[str, Any]:
+    """Parse TOML text; a syntax error is a :class:`ConfigError` naming the file and line."""
     try:
-        data = tomllib.loads(text)
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         message = str(exc)
         match = re.search(r"\(at line (\d+), column (\d+)\)", message)
         where = f"line {match[1]}" if match else "syntax"
         detail = re.sub(r"\s*\(at line \d+, column \d+\)", "", message)
         raise ConfigError([f"{path}: {where}: TOML syntax error: {detail}"]) from None
+
+
+def parse_config(text: str, path: str, read: Callable[[str, bool], bytes] | None = None) -> Config:
+    """Parse and validate config text. ``read(path, secret)`` reads referenced files (default: the file rule)."""
+    read = read or (lambda p, secret: files.read_checked(p, secret=secret))
+    problems = _Problems(path)
+    data = load_toml(text, path)
 
     sections: dict[str, dict[str, Any]] = {}
     for name, value in data.items():
@@ -411,17 +416,21 @@ def _parse_remember(problems: _Problems, raw: dict[str, Any]) -> RememberSetting
     return RememberSettings(seconds=seconds, services_without_address=tuple(services), state_dir=state_dir)
 
 
-def load_config(path: str = DEFAULT_PATH) -> Config:
-    """Read the config file under the file rule (it may hold skey, so it must not be readable by others)."""
+def read_secret_text(path: str) -> str:
+    """A config file's text, read under the file rule for a file that may hold a secret key."""
     try:
         raw = files.read_checked(path, secret=True)
     except FileRuleError as exc:
         raise ConfigError([f"{exc.path}: {exc.reason}"]) from None
     try:
-        text = raw.decode("utf-8")
+        return raw.decode("utf-8")
     except UnicodeDecodeError:
         raise ConfigError([f"{path}: not valid UTF-8"]) from None
-    config = parse_config(text, path)
+
+
+def load_config(path: str = DEFAULT_PATH) -> Config:
+    """Read the config file under the file rule (it may hold skey, so it must not be readable by others)."""
+    config = parse_config(read_secret_text(path), path)
     if config.log.audit_file:
         # The audit file is written as root: the file rule applies to it like to any other file,
         # and a violation is a configuration error (SPEC §4), not a line in the log.

@@ -8,8 +8,10 @@ Audit file format (JSON lines, one object per decision, UTF-8, append-only):
 "host": "server1", "pid": 1234}``
 
 ``outcome`` is one of ``success``, ``failure``, ``failsafe``, ``exempt``,
-``preauth_allow``, ``error``. Fields that are unknown are ``null``. No
-event ever holds the skey or a passcode.
+``preauth_allow``, ``error`` for a login decision (:data:`OUTCOMES`), or ``admin``
+for an administrator's action through the Admin API (:data:`ADMIN_OUTCOMES`: not a
+login; readers that count logins skip it). Fields that are unknown are ``null``. No
+event ever holds the skey, a passcode or a bypass code.
 """
 from __future__ import annotations
 
@@ -25,13 +27,14 @@ from .logline import LOG_DEBUG, LOG_ERR, LOG_INFO, LOG_WARNING, send_syslog  # n
 from .text import for_log
 
 OUTCOMES = ("success", "failure", "failsafe", "exempt", "preauth_allow", "error")
+ADMIN_OUTCOMES = ("admin",)
 FIELDS = ("outcome", "user", "duo_user", "service", "rhost", "tty", "factor", "txid", "reason")
 
 
 
 def event(outcome: str, **fields: Any) -> dict[str, Any]:
     """A decision event with every field present (unknown ones None)."""
-    assert outcome in OUTCOMES, outcome
+    assert outcome in OUTCOMES or outcome in ADMIN_OUTCOMES, outcome
     now = time.time()
     record: dict[str, Any] = {"v": 1, "ts": datetime.fromtimestamp(now, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z",
                               "time": round(now, 3)}
@@ -68,6 +71,8 @@ def syslog_line(record: dict[str, Any]) -> tuple[int, str]:
         priority, text = LOG_WARNING, f"Failsafe Duo login for {who}{where}: {for_log(reason)}"
     elif outcome == "exempt":
         priority, text = LOG_INFO, f"User {for_log(record.get('user'), 100)} bypassed Duo 2FA due to user's UNIX group"
+    elif outcome == "admin":
+        priority, text = LOG_INFO, f"Duo admin action for {who}: {for_log(reason, 500)}"
     elif outcome == "failure":
         if reason.startswith("Failsecure"):
             priority, text = LOG_WARNING, f"Failsecure Duo login for {who}{where}: {for_log(reason)}"

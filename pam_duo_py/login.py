@@ -67,17 +67,15 @@ def authenticate(config: Config, request: LoginRequest, ui: Prompter, *, sink: E
         return outcome
     base["user"] = person.name
 
-    if config.users.groups:
-        try:
-            required = config.users.requires_duo(users.group_names(person))
-        except UserLookupError as exc:
-            sink.emit(event("error", reason=str(exc), **base))
-            return Outcome(Result.SERVICE_ERR, "error", str(exc))
-        if not required:
-            sink.emit(event("exempt", reason="not in users.groups", **base))
-            return Outcome(Result.IGNORE, "exempt", "not in users.groups")
+    try:
+        identity = users.duo_identity_for(config.users, person)
+    except UserLookupError as exc:
+        sink.emit(event("error", reason=str(exc), **base))
+        return Outcome(Result.SERVICE_ERR, "error", str(exc))
+    if identity is None:
+        sink.emit(event("exempt", reason="not in users.groups", **base))
+        return Outcome(Result.IGNORE, "exempt", "not in users.groups")
 
-    identity = config.users.duo_identity(person.name)
     login = Login(
         user=person.name,
         identity=identity,
