@@ -69,7 +69,7 @@ def authenticate(config: Config, request: LoginRequest, ui: Prompter, *, sink: E
 
     if config.users.groups:
         try:
-            required = config.users.requires_duo(users.group_names(person))
+            required = users.requires_duo(config.users, person)
         except UserLookupError as exc:
             sink.emit(event("error", reason=str(exc), **base))
             return Outcome(Result.SERVICE_ERR, "error", str(exc))
