@@ -56,4 +56,4 @@ def parse_admin_config(text: str, path: str, read: Any = None) -> DuoSettings:
 
 def load_admin_config(path: str = DEFAULT_ADMIN_CONFIG) -> DuoSettings:
     """Read admin.toml under the file rule (a file with Admin API keys must be root's and 0600)."""
-    return parse_admin_config(config.read_secret_text(path), path)
+    return parse_admin_config(config.read_config_text(path, secret=True)[0], path)
