@@ -11,8 +11,10 @@ this module adds, by overriding its connection and request hooks:
   that deadline;
 * one keep-alive connection per login (one TCP connection, one TLS handshake)
   with ``TCP_NODELAY``;
-* HTTP 429 is retried only while the wait (``Retry-After`` when given) fits
-  into the call's deadline, instead of duo-client's fixed 63 s loop;
+* HTTP 429 is retried only while the wait fits into the call's deadline:
+  ``Retry-After`` or ``X-Retry-After`` (Duo's own mock server sends the
+  latter) when given, else 1, 2, 4 ... s, instead of duo-client's fixed 63 s
+  loop that ignores both headers;
 * every low-level failure is mapped, here and only here, to the exception tree
   of :mod:`pam_duo_py.errors`.
 """
@@ -41,7 +43,7 @@ from .errors import (
 )
 
 Clock = Callable[[], float]
-MAX_RATE_LIMIT_RETRIES = 3
+MAX_RATE_LIMIT_RETRIES = 6  # as duo_unix; the call's deadline usually ends the waits first
 
 
 class DuoApi(Protocol):
@@ -307,7 +309,8 @@ def _make_auth_class() -> type:
                 response, data = self._send(method, uri, body, headers)
                 if response.status != 429:
                     return response, data
-                wait = retry_after_seconds(response.getheader("Retry-After"), time.time())
+                wait = retry_after_seconds(response.getheader("Retry-After")
+                                           or response.getheader("X-Retry-After"), time.time())
                 if wait is None:
                     wait = backoff
                     backoff *= 2
@@ -391,7 +394,10 @@ class DuoClient:
         code = data.get("code") if isinstance(data, dict) else None
         code = code if isinstance(code, int) and not isinstance(code, bool) else None
         message = data.get("message") if isinstance(data, dict) and isinstance(data.get("message"), str) else ""
+        extra = data.get("message_detail") if isinstance(data, dict) else None
         detail = f"HTTP {status}" + (f" code {code}" if code else "") + (f": {message[:200]}" if message else "")
+        if isinstance(extra, str) and extra:
+            detail += f" ({extra[:200]})"  # Duo names the parameter or header it objects to
         if status == 200 or status is None:
             return DuoMalformedReply(f"malformed reply ({detail})", status=status)
         if status == 401:
