@@ -6,10 +6,24 @@ import os
 import sys
 from typing import Sequence
 
+from . import __version__
 from .paths import DEFAULT_CONFIG as DEFAULT_PATH
 
 EXIT_OK, EXIT_CONFIG, EXIT_DUO, EXIT_CLOCK = 0, 1, 2, 3
+# Where duo_unix keeps its config: its own default, then Debian's libpam-duo and login-duo.
+DUO_UNIX_PATHS = ("/etc/duo/pam_duo.conf", "/etc/duo/login_duo.conf",
+                  "/etc/security/pam_duo.conf", "/etc/security/login_duo.conf")
+SIMULATOR_MISSING = ("pam-duo-py simulate: the Duo simulator is not installed. It is a test and demo tool and "
+                     "is not part of this package; run it from a source checkout: python3 -m pam_duo_py simulate")
 CLOCK_LIMIT = 60.0
+
+
+class _Command(argparse.ArgumentParser):
+    """A subcommand's parser: ``-c`` is accepted after the subcommand too (it wins over one before it)."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.add_argument("-c", "--config", default=argparse.SUPPRESS, help=f"config file (default {DEFAULT_PATH})")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -17,8 +31,9 @@ def _parser() -> argparse.ArgumentParser:
         prog="pam-duo-py",
         description="Duo two-factor authentication for Unix logins: administration commands.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("-c", "--config", default=DEFAULT_PATH, help=f"config file (default {DEFAULT_PATH})")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Command)
     sub.required = True
 
     check = sub.add_parser("check", help="validate the config, reach Duo, verify the keys and the clock",
@@ -28,12 +43,13 @@ def _parser() -> argparse.ArgumentParser:
                                        "Exit 0 ok, 1 config error, 2 Duo unreachable or keys rejected, "
                                        "3 clock offset too large.")
     check.add_argument("--user", metavar="NAME", help="local user to dry-run preauth for")
+    check.add_argument("--offline", action="store_true",
+                       help="only the config and the files it names; no network (for configuration "
+                            "management's validate= and the broker's ExecReload=). Exit 0 ok, 1 config error")
 
-    simulate = sub.add_parser("simulate", help="run the local Duo simulator",
-                              description="Run a local HTTPS server that speaks the Duo Auth API v2 and plays "
-                                          "scripted users. Writes a config snippet (mode 0600) and prints its path.")
-    simulate.add_argument("--port", help="TCP port on localhost (default: any free port)")
-    simulate.add_argument("--state-dir", help="directory for keys, certificates, snippet and request log")
+    # Its options are the simulator's own: "pam-duo-py simulate --help" lists them all.
+    sub.add_parser("simulate", help="run the local Duo simulator (a test and demo tool; see simulate --help)",
+                   add_help=False)
 
     broker = sub.add_parser("broker", help="run the privileged broker for pam-duo-login",
                             description="Listen on the broker socket (in the foreground) and run Duo logins for "
@@ -47,7 +63,9 @@ def _parser() -> argparse.ArgumentParser:
                                      "meaning changes, goes to stderr. failmode is always written out (duo_unix "
                                      "defaulted to safe, this product to secure) and TLS verification is never turned "
                                      "off. Exit 0 converted, 1 unreadable or invalid source (or DEST exists).")
-    imp.add_argument("src", metavar="SRC", help="the duo_unix config file to read")
+    imp.add_argument("src", metavar="SRC", nargs="?",
+                     help="the duo_unix config file to read (default: the first that exists of "
+                          + ", ".join(DUO_UNIX_PATHS) + ")")
     imp.add_argument("-o", "--output", dest="dest", metavar="DEST",
                      help="write the TOML to DEST instead of stdout; DEST is created mode 0600 and never overwritten")
 
@@ -76,7 +94,7 @@ def _duration(text: str) -> float:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def _check(config_path: str, user: str | None) -> int:
+def _check(config_path: str, user: str | None, offline: bool = False) -> int:
     from .config import load_config
     from .errors import ConfigError, DuoError
 
@@ -97,6 +115,8 @@ def _check(config_path: str, user: str | None) -> int:
         except FileRuleError as exc:
             print(f"Configuration error: {config_path}: log.audit_file: {exc}", file=sys.stderr)
             return EXIT_CONFIG
+    if offline:
+        return EXIT_OK
 
     from .duo import DuoClient
 
@@ -165,14 +185,22 @@ def _check(config_path: str, user: str | None) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["simulate"] and not any(a in ("-h", "--help") for a in argv):
-        from .simulator import main as simulate_main
-
+    if argv[:1] == ["simulate"]:
+        try:
+            from .simulator import main as simulate_main
+        except ModuleNotFoundError as exc:
+            if exc.name != f"{__package__}.simulator":
+                raise
+            print(SIMULATOR_MISSING, file=sys.stderr)
+            return EXIT_CONFIG
         return simulate_main(argv[1:])
     args = _parser().parse_args(argv)
     args.config = os.path.abspath(args.config)  # the file rule needs an absolute path; accept one relative to here
     if args.command == "check":
-        return _check(args.config, args.user)
+        if args.offline and args.user:
+            print("pam-duo-py check: --user needs the network; it cannot be combined with --offline", file=sys.stderr)
+            return EXIT_CONFIG
+        return _check(args.config, args.user, args.offline)
     if args.command == "broker":
         from .broker import main as broker_main
 
@@ -180,7 +208,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "import-duo-unix":
         from .import_duo_unix import main as import_main
 
-        return import_main(args.src, args.dest)
+        src = args.src or next((p for p in DUO_UNIX_PATHS if os.path.exists(p)), None)
+        if src is None:
+            print("pam-duo-py import-duo-unix: no duo_unix config found (looked for "
+                  + ", ".join(DUO_UNIX_PATHS) + "); name the file to convert", file=sys.stderr)
+            return EXIT_CONFIG
+        if not args.src:
+            print(f"pam-duo-py import-duo-unix: converting {src}", file=sys.stderr)
+        return import_main(src, args.dest)
     if args.command == "audit":
         from .audit import main as audit_main
 
