@@ -315,7 +315,7 @@ def _configured_audit_file(config_path: str) -> tuple[str | None, str | None]:
     from .config import tomllib
 
     try:
-        raw = files.read_checked(config_path, secret=True)
+        raw = files.read_checked_stat(config_path, private=True)[0]
     except FileRuleError as exc:
         return None, f"{exc.path}: {exc.reason}"
     try:

@@ -142,12 +142,19 @@ def _check(config_path: str, user: str | None, offline: bool = False) -> int:
     if user:
         from . import users as users_mod
         from .answers import build_menu
+        from .errors import UserLookupError
 
         local = users_mod.lookup(user)
         if local is None:
             print(f"User {user}: no such local user", file=sys.stderr)
             return EXIT_CONFIG
-        if config.users.groups and not config.users.requires_duo(users_mod.group_names(local)):
+        try:
+            exempt = bool(config.users.groups) and not users_mod.requires_duo(config.users, local)
+        except UserLookupError as exc:
+            print(f"User {user}: logins are refused (PAM_SERVICE_ERR): {exc}", file=sys.stderr)
+            client.close()
+            return EXIT_CONFIG
+        if exempt:
             print(f"User {user}: exempt (not in users.groups); Duo is not asked")
             client.close()
             return status

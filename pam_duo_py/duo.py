@@ -343,6 +343,25 @@ def _describe(exc: BaseException) -> str:
     return type(exc).__name__
 
 
+def error_kind(exc: DuoError, *, long_poll: bool = False) -> str:
+    """The kind of a failed call, as the metrics count it.
+
+    ``unreachable`` (network, TLS, timeout), ``401``, ``429``, ``4xx``, ``5xx``, ``malformed``;
+    ``poll_timeout`` when a long poll ran into the bound its caller set (the push was not
+    answered in time: not a Duo error).
+    """
+    if isinstance(exc, DuoTimeout) and long_poll:
+        return "poll_timeout"
+    if isinstance(exc, DuoMalformedReply):
+        return "malformed"
+    status = exc.status
+    if isinstance(exc, DuoRefused):
+        return str(status) if status in (401, 429) else "4xx"
+    if status is not None and status >= 500:
+        return "5xx"
+    return "unreachable"
+
+
 class DuoClient:
     """The real :class:`DuoApi`: one instance per login (or per broker worker)."""
 
@@ -354,6 +373,7 @@ class DuoClient:
         self.settings = settings
         self._clock = clock
         self._auth = _AUTH_CLASS(settings, clock, sleep)
+        self.calls: list[tuple[str, float, str | None]] = []  # (endpoint, seconds, error kind): for metrics
 
     @property
     def server_time_offset(self) -> float | None:
@@ -368,8 +388,27 @@ class DuoClient:
         self._auth.close()
 
     def call(self, method: str, path: str, params: dict[str, str], timeout: float | None = None) -> Any:
-        """One API call under one deadline; every failure leaves here as a :class:`DuoError`."""
-        self._auth.deadline = self._clock() + (self.settings.timeout if timeout is None else timeout)
+        """One API call under one deadline; every failure leaves here as a :class:`DuoError`.
+
+        Each call is noted in :attr:`calls` (endpoint, seconds, error kind) for the audit event.
+        """
+        started = self._clock()
+        kind: str | None = None
+        try:
+            return self._call(method, path, params, timeout, started)
+        except DuoError as exc:
+            kind = error_kind(exc, long_poll=timeout is not None)
+            raise
+        finally:
+            self.calls.append((path.rsplit("/", 1)[-1], self._clock() - started, kind))
+
+    def take_calls(self) -> list[tuple[str, float, str | None]]:
+        """The calls noted since the last take (a pooled client serves one login after another)."""
+        calls, self.calls = self.calls, []
+        return calls
+
+    def _call(self, method: str, path: str, params: dict[str, str], timeout: float | None, started: float) -> Any:
+        self._auth.deadline = started + (self.settings.timeout if timeout is None else timeout)
         try:
             return self._auth.json_api_call(method, path, params)
         except RuntimeError as exc:
@@ -412,10 +451,19 @@ class DuoClient:
             return DuoRefused(detail, code=code, status=status)
         return DuoUnavailable(detail, code=code, status=status)
 
+    def _parsed(self, parse: Callable[..., Any], reply: Any, **options: Any) -> Any:
+        """``parse(reply)``; a reply of the wrong shape marks the call that brought it as malformed."""
+        try:
+            return parse(reply, **options)
+        except DuoMalformedReply:
+            if self.calls:
+                self.calls[-1] = self.calls[-1][:2] + ("malformed",)
+            raise
+
     # -- the endpoints a login uses ------------------------------------------------------------
 
     def check(self) -> int:
-        return replies.parse_time(self.call("GET", "/auth/v2/check", {}))
+        return self._parsed(replies.parse_time, self.call("GET", "/auth/v2/check", {}))
 
     def preauth(self, identity: DuoIdentity, *, ipaddr: str | None, hostname: str | None,
                 verified_push: bool) -> replies.Preauth:
@@ -426,7 +474,7 @@ class DuoClient:
             params["hostname"] = hostname
         if verified_push:
             params["client_supports_verified_push"] = "1"
-        return replies.parse_preauth(self.call("POST", "/auth/v2/preauth", params))
+        return self._parsed(replies.parse_preauth, self.call("POST", "/auth/v2/preauth", params))
 
     def auth(self, identity: DuoIdentity, factor: str, params: dict[str, str]) -> dict[str, Any]:
         body = identity.params()
@@ -440,4 +488,4 @@ class DuoClient:
     def auth_status(self, txid: str, timeout: float) -> replies.AuthResult:
         """Duo long-polls this call until the transaction changes; ``timeout`` bounds the wait."""
         reply = self.call("GET", "/auth/v2/auth_status", {"txid": txid}, timeout=timeout)
-        return replies.parse_auth_result(reply, allow_waiting=True)
+        return self._parsed(replies.parse_auth_result, reply, allow_waiting=True)

@@ -2,3 +2,4 @@
 
 DEFAULT_CONFIG = "/etc/pam_duo_py/pam_duo.toml"
 DEFAULT_SOCKET = "/run/pam_duo_py/broker.sock"
+JOURNAL_SOCKET = "/run/systemd/journal/socket"
