@@ -36,6 +36,7 @@ from .errors import (
     DuoCredentialsRejected,
     DuoError,
     DuoMalformedReply,
+    DuoUnknownAnswer,
     DuoRateLimited,
     DuoRefused,
     DuoTimeout,
@@ -346,7 +347,8 @@ def _describe(exc: BaseException) -> str:
 def error_kind(exc: DuoError, *, long_poll: bool = False) -> str:
     """The kind of a failed call, as the metrics count it.
 
-    ``unreachable`` (network, TLS, timeout), ``401``, ``429``, ``4xx``, ``5xx``, ``malformed``;
+    ``unreachable`` (network, TLS, timeout), ``401``, ``429``, ``4xx``, ``5xx``, ``malformed``,
+    ``unknown_answer`` (a well-formed reply with a ``result`` we do not know);
     ``poll_timeout`` when a long poll ran into the bound its caller set (the push was not
     answered in time: not a Duo error).
     """
@@ -354,6 +356,8 @@ def error_kind(exc: DuoError, *, long_poll: bool = False) -> str:
         return "poll_timeout"
     if isinstance(exc, DuoMalformedReply):
         return "malformed"
+    if isinstance(exc, DuoUnknownAnswer):
+        return "unknown_answer"
     status = exc.status
     if isinstance(exc, DuoRefused):
         return str(status) if status in (401, 429) else "4xx"
@@ -452,12 +456,14 @@ class DuoClient:
         return DuoUnavailable(detail, code=code, status=status)
 
     def _parsed(self, parse: Callable[..., Any], reply: Any, **options: Any) -> Any:
-        """``parse(reply)``; a reply of the wrong shape marks the call that brought it as malformed."""
+        """``parse(reply)``; a reply of the wrong shape (or with a ``result`` we do not know) marks
+        the call that brought it as ``malformed`` (or ``unknown_answer``)."""
         try:
             return parse(reply, **options)
-        except DuoMalformedReply:
+        except (DuoMalformedReply, DuoUnknownAnswer) as exc:
             if self.calls:
-                self.calls[-1] = self.calls[-1][:2] + ("malformed",)
+                kind = "unknown_answer" if isinstance(exc, DuoUnknownAnswer) else "malformed"
+                self.calls[-1] = self.calls[-1][:2] + (kind,)
             raise
 
     # -- the endpoints a login uses ------------------------------------------------------------
