@@ -341,7 +341,7 @@ class Broker:
         self._threading = threading
         self._duo_factory = duo_factory
         self.pool = ClientPool(self.config.duo, duo_factory)
-        self._logins: dict[Any, int] = {}  # ("user", name) for root callers, ("uid", uid) for others
+        self._active: dict[Any, int] = {}  # ("user", name) for root callers, ("uid", uid) for others
         self._connections: dict[int, int] = {}  # open connections per peer uid
         self._open = 0
         self.max_connections = MAX_CONNECTIONS
@@ -350,12 +350,14 @@ class Broker:
         self._config_lock = threading.Lock()
         self._stop = threading.Event()
         self._hup = False
-        self._next_tick = 0.0
         self._listener: socket.socket | None = None
         self._spare: int | None = None
         from .events import EventSink
 
         self.sink = EventSink(self.config.log.audit_file)
+        from .broker_health import Health
+
+        self.health = Health(self)
 
     # -- configuration
 
@@ -371,6 +373,7 @@ class Broker:
             self._stamps = {("file", ""): ()}  # matches nothing: the next login tries again
             self.sink.error(f"broker: config {why}; reload failed, logins refused until it is fixed: {problems}")
             _note(f"reload failed, logins refused until the config is fixed: {problems}", error=True)
+            self.health.reloaded(False)
             return False
         old, ca = self.config, ("file", config.duo.ca_file)
         renew = config.duo != old.duo or stamps.get(ca) != self._stamps.get(ca)  # keep warm connections if we can
@@ -380,6 +383,7 @@ class Broker:
             pool, self.pool = self.pool, ClientPool(config.duo, self._duo_factory)
             pool.close()
         _note(f"reloaded {self.config_path}" + ("" if why == "SIGHUP" else f" ({why})"))
+        self.health.reloaded(True)
         return True
 
     def reload(self) -> bool:
@@ -443,9 +447,7 @@ class Broker:
         listener.settimeout(TICK)
         self._spare = _open_spare()
         while not self._stop.is_set():
-            if time.monotonic() >= self._next_tick:
-                self._next_tick = time.monotonic() + TICK
-                self.tick()
+            self.tick()
             try:
                 conn, _ = listener.accept()
             except socket.timeout:
@@ -458,7 +460,8 @@ class Broker:
             self._admit(conn)
 
     def tick(self) -> None:
-        """Called from the accept loop about every TICK seconds: SIGHUP reloads here (hook point for watchdog, stats)."""
+        """Called from the accept loop at least every TICK seconds: watchdog ping, stats, a pending SIGHUP reload."""
+        self.health.tick()  # watchdog ping and stats file, when due
         if self._hup:
             self._hup = False
             self.reload()
@@ -509,6 +512,7 @@ class Broker:
             self.shed += 1
             conn.close()
             return
+        self.health.connections += 1
         try:
             self._threading.Thread(target=self._handle, args=(conn, uid), daemon=True).start()
         except BaseException:  # RuntimeError "can't start new thread", MemoryError: shed, go on
@@ -526,16 +530,16 @@ class Broker:
     def _enter(self, key: tuple) -> bool:
         limit = MAX_PER_USER if key[0] == "user" else MAX_PER_UID
         with self._lock:
-            if self._logins.get(key, 0) >= limit:
+            if self._active.get(key, 0) >= limit:
                 return False
-            self._logins[key] = self._logins.get(key, 0) + 1
+            self._active[key] = self._active.get(key, 0) + 1
             return True
 
     def _leave(self, key: tuple) -> None:
         with self._lock:
-            self._logins[key] -= 1
-            if not self._logins[key]:
-                del self._logins[key]
+            self._active[key] -= 1
+            if not self._active[key]:
+                del self._active[key]
 
     # -- one connection
 
@@ -673,11 +677,13 @@ def main(config_path: str, socket_path: str | None = None) -> int:
     signal.signal(signal.SIGHUP, lambda *_: broker.hup())
     signal.signal(signal.SIGTERM, lambda *_: broker._stop.set())
     print(f"pam-duo-py broker: listening on {broker.socket_path}", flush=True)
+    broker.health.ready()
     try:
         broker.serve_forever()
     except KeyboardInterrupt:
         pass
     finally:
+        broker.health.stopping()
         broker.stop()
         if broker.socket_path and os.path.exists(broker.socket_path) and not os.environ.get("LISTEN_FDS"):
             try:

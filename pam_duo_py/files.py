@@ -71,7 +71,7 @@ def check_directories(path: str) -> None:
         current = os.path.dirname(current)
 
 
-def _check_fd(path: str, fd: int, *, secret: bool) -> os.stat_result:
+def _check_fd(path: str, fd: int, *, secret: bool, private: bool = False) -> os.stat_result:
     st = os.fstat(fd)
     if not stat.S_ISREG(st.st_mode):
         raise FileRuleError(path, "not a regular file")
@@ -81,6 +81,8 @@ def _check_fd(path: str, fd: int, *, secret: bool) -> os.stat_result:
         raise FileRuleError(path, f"mode {stat.S_IMODE(st.st_mode):04o} is writable by group or others")
     if secret and st.st_mode & (stat.S_IRWXO | stat.S_IRGRP | stat.S_IWGRP | stat.S_IXGRP):
         raise FileRuleError(path, f"mode {stat.S_IMODE(st.st_mode):04o}: a file holding a secret key must be mode 0600")
+    if private and st.st_mode & stat.S_IRWXO:
+        raise FileRuleError(path, f"mode {stat.S_IMODE(st.st_mode):04o} is readable by others (0640 at most)")
     return st
 
 
@@ -96,16 +98,21 @@ def _open_error(path: str, exc: OSError) -> FileRuleError:
 
 def read_checked(path: str, *, secret: bool = False) -> bytes:
     """Read a whole file after checking it and its directories. ``secret``: must not be readable by others."""
+    return read_checked_stat(path, secret=secret)[0]
+
+
+def read_checked_stat(path: str, *, secret: bool = False, private: bool = False) -> tuple[bytes, os.stat_result]:
+    """:func:`read_checked`, also returning the file's status. ``private``: others may not read it (group may)."""
     check_directories(path)
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
     except OSError as exc:
         raise _open_error(path, exc) from None
     try:
-        st = _check_fd(path, fd, secret=secret)
+        st = _check_fd(path, fd, secret=secret, private=private)
         if st.st_size > MAX_SIZE:
             raise FileRuleError(path, f"larger than {MAX_SIZE} bytes")
-        return read_all(fd)
+        return read_all(fd), st
     finally:
         os.close(fd)
 

@@ -132,7 +132,7 @@ class Setup:
         self.auth.update(auth or {})
         write_map(self.map_file, map_lines)
         self.write_config()
-        self.broker = BrokerProcess(self.config, self.socket, prefix)
+        self.broker = BrokerProcess(self.config, self.socket, prefix=prefix)
 
     def config_text(self) -> str:
         return fc_config_text(self.simulator, auth=self.auth,

@@ -128,6 +128,28 @@ def test_group_lookup_failure_is_a_service_error_never_an_exemption(monkeypatch)
     assert [e["outcome"] for e in events] == ["error"]
 
 
+def test_unreadable_group_database_is_a_service_error_never_an_exemption(monkeypatch):
+    # /etc/group unreadable: getgrouplist gives the primary gid only, getgrgid raises KeyError
+    monkeypatch.setattr(users.os, "getgrouplist", lambda name, gid: [gid])
+
+    def unreadable(gid):
+        raise KeyError(gid)
+
+    monkeypatch.setattr(users.grp, "getgrgid", unreadable)
+    config = make_config('[users]\ngroups = ["pdp-nonexistent-group-*"]\n')
+    outcome, events, factory, _ = run(LoginRequest(user=ME, service="sshd"), config=config)
+    assert (outcome.result, [e["outcome"] for e in events]) == (Result.SERVICE_ERR, ["error"])
+    assert "has no name" in events[0]["reason"] and factory.settings == []
+
+
+def test_a_named_group_the_directory_cannot_find_is_a_service_error_never_an_exemption():
+    # An LDAP/sssd outage: the user's list lacks the group and the group itself cannot be found.
+    config = make_config('[users]\ngroups = ["pdp-no-such-group-7f3a"]\n')
+    outcome, events, factory, _ = run(LoginRequest(user=ME, service="sshd"), config=config)
+    assert (outcome.result, [e["outcome"] for e in events]) == (Result.SERVICE_ERR, ["error"])
+    assert "'pdp-no-such-group-7f3a' of users.groups cannot be looked up" in events[0]["reason"]
+
+
 def test_no_groups_configured_means_no_group_lookup(monkeypatch):
     def broken(user):
         raise AssertionError("groups must not be looked up")
