@@ -298,6 +298,9 @@ class Broker:
         from .events import EventSink
 
         self.sink = EventSink(self.config.log.audit_file)
+        from .broker_health import Health
+
+        self.health = Health(self)
 
     # -- lifecycle
 
@@ -353,6 +356,7 @@ class Broker:
         listener = self._listener or self.bind()
         listener.settimeout(0.5)
         while not self._stop.is_set():
+            self.health.tick()  # watchdog ping and stats file
             try:
                 conn, _ = listener.accept()
             except socket.timeout:
@@ -361,6 +365,7 @@ class Broker:
                 if self._stop.is_set():
                     break
                 raise
+            self.health.connections += 1
             self._threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
 
     def stop(self) -> None:
@@ -497,14 +502,16 @@ def main(config_path: str, socket_path: str | None = None) -> int:
     except (OSError, ProtocolError) as exc:
         print(f"pam-duo-py broker: cannot listen on {socket_path or 'the broker socket'}: {exc}", file=sys.stderr)
         return 1
-    signal.signal(signal.SIGHUP, lambda *_: broker.reload())
+    signal.signal(signal.SIGHUP, lambda *_: broker.health.reloaded(broker.reload()))
     signal.signal(signal.SIGTERM, lambda *_: broker._stop.set())
     print(f"pam-duo-py broker: listening on {broker.socket_path}", flush=True)
+    broker.health.ready()
     try:
         broker.serve_forever()
     except KeyboardInterrupt:
         pass
     finally:
+        broker.health.stopping()
         broker.stop()
         if broker.socket_path and os.path.exists(broker.socket_path) and not os.environ.get("LISTEN_FDS"):
             try:

@@ -67,17 +67,15 @@ def authenticate(config: Config, request: LoginRequest, ui: Prompter, *, sink: E
         return outcome
     base["user"] = person.name
 
-    if config.users.groups:
-        try:
-            required = users.requires_duo(config.users, person)
-        except UserLookupError as exc:
-            sink.emit(event("error", reason=str(exc), **base))
-            return Outcome(Result.SERVICE_ERR, "error", str(exc))
-        if not required:
-            sink.emit(event("exempt", reason="not in users.groups", **base))
-            return Outcome(Result.IGNORE, "exempt", "not in users.groups")
+    try:
+        identity = users.duo_identity_for(config.users, person)
+    except UserLookupError as exc:
+        sink.emit(event("error", reason=str(exc), **base))
+        return Outcome(Result.SERVICE_ERR, "error", str(exc))
+    if identity is None:
+        sink.emit(event("exempt", reason="not in users.groups", **base))
+        return Outcome(Result.IGNORE, "exempt", "not in users.groups")
 
-    identity = config.users.duo_identity(person.name)
     login = Login(
         user=person.name,
         identity=identity,
@@ -105,7 +103,21 @@ def authenticate(config: Config, request: LoginRequest, ui: Prompter, *, sink: E
     try:
         outcome = Engine(config.auth, duo, ui, remember=remember, devices=devices).run(login)
     finally:
+        facts = _duo_facts(duo)  # before close(): a pooled client goes back to serve other logins
         duo.close()
     sink.emit(event(outcome.outcome, duo_user=str(identity), factor=outcome.factor, txid=outcome.txid,
-                    reason=outcome.reason, duo_status=outcome.duo_status, **base))
+                    reason=outcome.reason, duo_status=outcome.duo_status, **facts, **base))
     return outcome
+
+
+def _duo_facts(duo: object) -> dict:
+    """What the Duo client measured during this login, for the metrics: the calls and the clock offset."""
+    take = getattr(duo, "take_calls", None)
+    calls = take() if callable(take) else None
+    if not isinstance(calls, list) or not calls:
+        return {}
+    facts: dict = {"duo_calls": [[endpoint, round(seconds, 4), kind] for endpoint, seconds, kind in calls]}
+    offset = getattr(duo, "server_time_offset", None)
+    if isinstance(offset, (int, float)) and not isinstance(offset, bool):
+        facts["clock_offset"] = round(offset, 3)
+    return facts

@@ -12,7 +12,7 @@ import pytest
 from fakes import APPROVED, DENIED, FRAUD, FakeClock, FakeDuo, FakePrompter
 from pam_duo_py.config import AuthSettings, DuoIdentity
 from pam_duo_py.engine import Engine, Login, Result
-from pam_duo_py.replies import Device, Preauth
+from pam_duo_py.replies import AuthResult, Device, Preauth
 from pam_duo_py import state as state_mod
 from pam_duo_py.state import PreferredDevices, Remember, address_key
 
@@ -254,7 +254,8 @@ def test_su_without_a_known_caller_is_never_remembered(state_dir, problems):
 
 def run(state_dir, problems, clock, *, preauth=AUTH, answers=("1",), status=None, remember_seconds=300,
         devices=True, **login_overrides):
-    duo = FakeDuo(preauth, [{"txid": "TX1"}], status or [APPROVED], clock=clock, status_takes=0.5)
+    duo = FakeDuo(preauth, [], status or [APPROVED], clock=clock, status_takes=0.5,
+                  auth_default=lambda factor, params: {"txid": "TX1"})
     ui = FakePrompter(answers)
     store = remember(state_dir, problems, clock, seconds=remember_seconds) if remember_seconds else None
     prefs = PreferredDevices(state_dir, on_problem=problems.append, clock=clock) if devices else None
@@ -288,6 +289,27 @@ def test_denied_or_fraud_push_clears_remembered_logins(state_dir, problems, stat
     clock = FakeClock()
     run(state_dir, problems, clock)  # remembered from 203.0.113.5
     other, _, _ = run(state_dir, problems, clock, status=status, rhost="198.51.100.7", ipaddr="198.51.100.7")
+    assert other.result is Result.AUTH_ERR
+    again, duo, _ = run(state_dir, problems, clock)
+    assert duo.factors == ["push"]
+
+
+def test_a_push_that_duo_timed_out_keeps_remembered_logins(state_dir, problems):
+    clock = FakeClock()
+    run(state_dir, problems, clock)  # remembered from 203.0.113.5
+    timed_out = AuthResult("deny", "timeout", "Login timed out.")
+    other, _, _ = run(state_dir, problems, clock, status=[timed_out] * 3, rhost="198.51.100.7", ipaddr="198.51.100.7",
+                      answers=("1", "1", "1"))
+    assert other.result is Result.MAXTRIES  # nobody answered: not a refusal
+    again, duo, _ = run(state_dir, problems, clock, answers=())
+    assert again.factor == "remembered" and duo.factors == []
+
+
+def test_locked_out_clears_remembered_logins(state_dir, problems):
+    clock = FakeClock()
+    run(state_dir, problems, clock)
+    locked = AuthResult("deny", "locked_out", "Locked out")
+    other, _, _ = run(state_dir, problems, clock, status=[locked], rhost="198.51.100.7", ipaddr="198.51.100.7")
     assert other.result is Result.AUTH_ERR
     again, duo, _ = run(state_dir, problems, clock)
     assert duo.factors == ["push"]
