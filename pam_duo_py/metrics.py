@@ -14,7 +14,6 @@ details and the metric names.
 """
 from __future__ import annotations
 
-import errno
 import gzip
 import hashlib
 import json
@@ -27,6 +26,7 @@ import zlib
 from typing import IO, Any, Iterator
 
 from . import files
+from .audit import open_for_reading
 from .errors import FileRuleError
 from .events import OUTCOMES
 from .text import for_log
@@ -144,7 +144,7 @@ class Scanner:
             # Open everything first: a rotation while we read then moves nothing out of sight,
             # and a file renamed between two opens is the same inode, read once.
             for candidate in [path] + rotated_paths(path):
-                result = self._open(candidate)
+                result = open_for_reading(candidate, self.problems)
                 if result is None:
                     continue
                 stream, st = result
@@ -171,23 +171,6 @@ class Scanner:
                 stream.close()
         for key in [k for k, v in self.sources.items() if self.now - v.get("seen", 0) > SOURCE_TTL]:
             del self.sources[key]
-
-    def _open(self, path: str) -> tuple[IO[bytes], os.stat_result] | None:
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
-        except FileNotFoundError:
-            return None
-        except OSError as exc:
-            reason = "is a symlink (symlinks are not followed)" if exc.errno == errno.ELOOP else f"cannot open: {exc.strerror}"
-            self.problems.append(f"{path}: {reason}")
-            return None
-        try:
-            st = files._check_fd(path, fd, secret=False)
-        except FileRuleError as exc:
-            os.close(fd)
-            self.problems.append(f"{exc.path}: {exc.reason}")
-            return None
-        return os.fdopen(fd, "rb"), st
 
     def _read(self, path: str, raw: IO[bytes], st: os.stat_result) -> str | None:
         """Count the lines past this file's offset; returns its key when it was read to the end."""
