@@ -11,8 +11,10 @@ this module adds, by overriding its connection and request hooks:
   that deadline;
 * one keep-alive connection per login (one TCP connection, one TLS handshake)
   with ``TCP_NODELAY``;
-* HTTP 429 is retried only while the wait (``Retry-After`` when given) fits
-  into the call's deadline, instead of duo-client's fixed 63 s loop;
+* HTTP 429 is retried only while the wait fits into the call's deadline:
+  ``Retry-After`` or ``X-Retry-After`` (Duo's own mock server sends the
+  latter) when given, else 1, 2, 4 ... s, instead of duo-client's fixed 63 s
+  loop that ignores both headers;
 * every low-level failure is mapped, here and only here, to the exception tree
   of :mod:`pam_duo_py.errors`.
 """
@@ -34,6 +36,7 @@ from .errors import (
     DuoCredentialsRejected,
     DuoError,
     DuoMalformedReply,
+    DuoUnknownAnswer,
     DuoRateLimited,
     DuoRefused,
     DuoTimeout,
@@ -41,7 +44,7 @@ from .errors import (
 )
 
 Clock = Callable[[], float]
-MAX_RATE_LIMIT_RETRIES = 3
+MAX_RATE_LIMIT_RETRIES = 6  # as duo_unix; the call's deadline usually ends the waits first
 
 
 class DuoApi(Protocol):
@@ -307,7 +310,8 @@ def _make_auth_class() -> type:
                 response, data = self._send(method, uri, body, headers)
                 if response.status != 429:
                     return response, data
-                wait = retry_after_seconds(response.getheader("Retry-After"), time.time())
+                wait = retry_after_seconds(response.getheader("Retry-After")
+                                           or response.getheader("X-Retry-After"), time.time())
                 if wait is None:
                     wait = backoff
                     backoff *= 2
@@ -343,7 +347,8 @@ def _describe(exc: BaseException) -> str:
 def error_kind(exc: DuoError, *, long_poll: bool = False) -> str:
     """The kind of a failed call, as the metrics count it.
 
-    ``unreachable`` (network, TLS, timeout), ``401``, ``429``, ``4xx``, ``5xx``, ``malformed``;
+    ``unreachable`` (network, TLS, timeout), ``401``, ``429``, ``4xx``, ``5xx``, ``malformed``,
+    ``unknown_answer`` (a well-formed reply with a ``result`` we do not know);
     ``poll_timeout`` when a long poll ran into the bound its caller set (the push was not
     answered in time: not a Duo error).
     """
@@ -351,6 +356,8 @@ def error_kind(exc: DuoError, *, long_poll: bool = False) -> str:
         return "poll_timeout"
     if isinstance(exc, DuoMalformedReply):
         return "malformed"
+    if isinstance(exc, DuoUnknownAnswer):
+        return "unknown_answer"
     status = exc.status
     if isinstance(exc, DuoRefused):
         return str(status) if status in (401, 429) else "4xx"
@@ -430,7 +437,10 @@ class DuoClient:
         code = data.get("code") if isinstance(data, dict) else None
         code = code if isinstance(code, int) and not isinstance(code, bool) else None
         message = data.get("message") if isinstance(data, dict) and isinstance(data.get("message"), str) else ""
+        extra = data.get("message_detail") if isinstance(data, dict) else None
         detail = f"HTTP {status}" + (f" code {code}" if code else "") + (f": {message[:200]}" if message else "")
+        if isinstance(extra, str) and extra:
+            detail += f" ({extra[:200]})"  # Duo names the parameter or header it objects to
         if status == 200 or status is None:
             return DuoMalformedReply(f"malformed reply ({detail})", status=status)
         if status == 401:
@@ -446,12 +456,14 @@ class DuoClient:
         return DuoUnavailable(detail, code=code, status=status)
 
     def _parsed(self, parse: Callable[..., Any], reply: Any, **options: Any) -> Any:
-        """``parse(reply)``; a reply of the wrong shape marks the call that brought it as malformed."""
+        """``parse(reply)``; a reply of the wrong shape (or with a ``result`` we do not know) marks
+        the call that brought it as ``malformed`` (or ``unknown_answer``)."""
         try:
             return parse(reply, **options)
-        except DuoMalformedReply:
+        except (DuoMalformedReply, DuoUnknownAnswer) as exc:
             if self.calls:
-                self.calls[-1] = self.calls[-1][:2] + ("malformed",)
+                kind = "unknown_answer" if isinstance(exc, DuoUnknownAnswer) else "malformed"
+                self.calls[-1] = self.calls[-1][:2] + (kind,)
             raise
 
     # -- the endpoints a login uses ------------------------------------------------------------

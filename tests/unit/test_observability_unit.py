@@ -14,7 +14,7 @@ from pam_duo_py import broker_health, journal, sdnotify
 from pam_duo_py.config import DuoSettings
 from pam_duo_py.duo import DuoClient, error_kind
 from pam_duo_py.errors import (DuoCredentialsRejected, DuoMalformedReply, DuoRateLimited, DuoRefused, DuoTimeout,
-                               DuoUnavailable)
+                               DuoUnavailable, DuoUnknownAnswer)
 from pam_duo_py.events import EventSink, event
 from pam_duo_py.login import _duo_facts
 
@@ -131,9 +131,9 @@ def test_every_call_is_noted_with_its_endpoint_time_and_kind(monkeypatch):
     client.preauth(identity, ipaddr=None, hostname=None, verified_push=False)
     with pytest.raises(DuoRateLimited):
         client.call("POST", "/auth/v2/auth", {})
-    with pytest.raises(DuoMalformedReply):
+    with pytest.raises(DuoUnknownAnswer):
         client.auth_status("TX", timeout=5)
-    assert client.take_calls() == [("preauth", 0.25, None), ("auth", 0.25, "429"), ("auth_status", 0.25, "malformed")]
+    assert client.take_calls() == [("preauth", 0.25, None), ("auth", 0.25, "429"), ("auth_status", 0.25, "unknown_answer")]
     assert client.take_calls() == []
 
 
