@@ -36,7 +36,7 @@ TEXTFILE_NAME = "pam_duo_py.prom"
 PREFIX = "pam_duo_py_"
 BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 ENDPOINTS = ("preauth", "auth", "auth_status", "check", "ping")
-ERROR_KINDS = ("unreachable", "401", "429", "4xx", "5xx", "malformed")
+ERROR_KINDS = ("unreachable", "401", "429", "4xx", "5xx", "malformed", "unknown_answer")
 DOWN_KINDS = ("unreachable", "5xx")   # Duo could not serve the request (what failmode is about)
 MAX_LINE = 64 * 1024
 MAX_FILES = 100
@@ -97,7 +97,7 @@ def count(counts: dict[str, Any], record: Any) -> None:
         histogram["sum"] = round(histogram["sum"] + seconds, 6)
         histogram["count"] += 1
         if kind in ERROR_KINDS:
-            counts["errors"][kind] += 1
+            counts["errors"][kind] = counts["errors"].get(kind, 0) + 1
         seen_call, last_kind = True, kind if isinstance(kind, str) else None
     if seen_call and when >= counts["duo"].get("time", 0.0):
         counts["duo"] = {"up": 0 if last_kind in DOWN_KINDS else 1, "time": when}
@@ -275,8 +275,13 @@ def load_state(path: str) -> tuple[dict[str, Any], str | None]:
             and isinstance(data.get("counts"), dict)):
         return empty, f"{path}: not a metrics state file; starting from zero"
     counts = new_counts()
-    counts.update(data["counts"])
-    return {"v": 1, "sources": data["sources"], "counts": counts}, None
+    for key, value in data["counts"].items():
+        if key in counts and type(value) is type(counts[key]):
+            counts[key] = value
+    if not all(isinstance(v, dict) and isinstance(v.get("offset"), int) for v in data["sources"].values()):
+        return empty, f"{path}: not a metrics state file; starting from zero"
+    return {"v": 1, "sources": data["sources"], "counts": counts,
+            "files": data["files"] if isinstance(data.get("files"), dict) else {}}, None
 
 
 def save_state(path: str, state: dict[str, Any]) -> str | None:
@@ -382,7 +387,8 @@ def render(counts: dict[str, Any], broker: dict[str, Any] | None, problems: int)
         out.sample("duo_request_duration_seconds_sum", {"endpoint": endpoint}, histogram["sum"])
         out.sample("duo_request_duration_seconds_count", {"endpoint": endpoint}, histogram["count"])
     out.family("duo_errors_total", "counter",
-               "Failed Duo requests by kind: unreachable (network, TLS, timeout), 401, 429, 4xx, 5xx, malformed.",
+               "Failed Duo requests by kind: unreachable (network, TLS, timeout), 401, 429, 4xx, 5xx, malformed, "
+               "unknown_answer (a result this version does not know).",
                [({"kind": kind}, counts["errors"].get(kind, 0)) for kind in ERROR_KINDS])
     if counts["duo"]:
         out.family("duo_up", "gauge",

@@ -20,7 +20,7 @@ pytestmark = pytest.mark.system
 
 RHOST = "203.0.113.5"
 JOURNAL_SOCKET = Path("/run/systemd/journal/socket")
-ERROR_KINDS = ("unreachable", "401", "429", "4xx", "5xx", "malformed")
+ERROR_KINDS = ("unreachable", "401", "429", "4xx", "5xx", "malformed", "unknown_answer")
 
 
 def parse(text: str) -> dict[str, float]:

@@ -280,3 +280,16 @@ def test_main_writes_the_textfile(setup, capsys):
     assert capsys.readouterr().out == ""
     assert metrics.main(str(config), str(root / "missing"), str(state)) == metrics.EXIT_OUTPUT
     assert "cannot write" in capsys.readouterr().err
+
+
+def test_a_state_from_an_older_version_gains_new_error_kinds(setup):
+    _, audit, _, state = setup
+    append(audit, ev("error", 1, duo_calls=[["preauth", 0.1, "unknown_answer"]]))
+    state.parent.mkdir(mode=0o700)
+    old = metrics.new_counts()
+    old["errors"] = {"unreachable": 3}
+    state.write_text(json.dumps({"v": 1, "sources": {}, "counts": old}))
+    os.chmod(state, 0o600)
+    v = run(setup)
+    assert v['pam_duo_py_duo_errors_total{kind="unknown_answer"}'] == 1
+    assert v['pam_duo_py_duo_errors_total{kind="unreachable"}'] == 3
