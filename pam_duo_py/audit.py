@@ -24,7 +24,7 @@ from typing import IO, Any, Iterable, Iterator
 
 from . import files
 from .errors import FileRuleError
-from .events import OUTCOMES
+from .events import ADMIN_OUTCOMES, OUTCOMES
 from .text import for_log
 
 EXIT_OK, EXIT_NO_FILE = 0, 1
@@ -90,7 +90,7 @@ def summarise(records: Iterable[Any], since: float) -> dict[str, Any]:
     users: dict[str, dict[str, int]] = {}
     services: dict[str, dict[str, int]] = {}
     failsafe: list[dict[str, Any]] = []
-    unreadable = older = 0
+    unreadable = older = admin = 0
     first = last = None
     for record in records:
         if not isinstance(record, dict):
@@ -103,6 +103,9 @@ def summarise(records: Iterable[Any], since: float) -> dict[str, Any]:
             continue
         if when < since:
             older += 1
+            continue
+        if outcome in ADMIN_OUTCOMES:  # an administrator's action, not a login
+            admin += 1
             continue
         first = when if first is None else min(first, when)
         last = when if last is None else max(last, when)
@@ -129,11 +132,31 @@ def summarise(records: Iterable[Any], since: float) -> dict[str, Any]:
         "by_service": dict(sorted(services.items(), key=lambda item: (-item[1]["total"], item[0]))),
         "unreadable_lines": unreadable,
         "older_records": older,
+        "admin_actions": admin,
     }
 
 
 # --------------------------------------------------------------------------------------------
 # Reading the files
+
+
+def open_for_reading(path: str, problems: list[str]) -> tuple[IO[bytes], os.stat_result] | None:
+    """An audit file (or a rotated one) opened under the file rule; None, with a problem noted, when it fails."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        reason = "is a symlink (symlinks are not followed)" if exc.errno == errno.ELOOP else f"cannot open: {exc.strerror}"
+        problems.append(f"{path}: {reason}")
+        return None
+    try:
+        st = files._check_fd(path, fd, secret=False)
+    except FileRuleError as exc:
+        os.close(fd)
+        problems.append(f"{exc.path}: {exc.reason}")
+        return None
+    return os.fdopen(fd, "rb"), st
 
 
 class _Source:
@@ -154,21 +177,7 @@ class AuditReader:
         self._sources: list[_Source] = []
 
     def _open(self, path: str) -> tuple[IO[bytes], os.stat_result] | None:
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
-        except FileNotFoundError:
-            return None
-        except OSError as exc:
-            reason = "is a symlink (symlinks are not followed)" if exc.errno == errno.ELOOP else f"cannot open: {exc.strerror}"
-            self.problems.append(f"{path}: {reason}")
-            return None
-        try:
-            st = files._check_fd(path, fd, secret=False)
-        except FileRuleError as exc:
-            os.close(fd)
-            self.problems.append(f"{exc.path}: {exc.reason}")
-            return None
-        return os.fdopen(fd, "rb"), st
+        return open_for_reading(path, self.problems)
 
     def open_all(self) -> None:
         """Open the current file and the rotated ones, newest first, each once."""

@@ -352,6 +352,18 @@ def _parse_users(problems: _Problems, raw: dict[str, Any], read: Callable[[str, 
     return UsersSettings(groups=tuple(clean), map_file=map_file, mapping=mapping)
 
 
+def load_toml(text: str, path: str) -> dict[str, Any]:
+    """Parse TOML text; a syntax error is a :class:`ConfigError` naming the file and line."""
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        message = str(exc)
+        match = re.search(r"\(at line (\d+), column (\d+)\)", message)
+        where = f"line {match[1]}" if match else "syntax"
+        detail = re.sub(r"\s*\(at line \d+, column \d+\)", "", message)
+        raise ConfigError([f"{path}: {where}: TOML syntax error: {detail}"]) from None
+
+
 def parse_config(text: str, path: str, read: Callable[[str, bool], bytes] | None = None, *,
                  mode: int | None = None) -> Config:
     """Parse and validate config text. ``read(path, secret)`` reads referenced files (default: the file rule).
@@ -360,14 +372,7 @@ def parse_config(text: str, path: str, read: Callable[[str, bool], bytes] | None
     """
     read = read or (lambda p, secret: files.read_checked(p, secret=secret))
     problems = _Problems(path)
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        message = str(exc)
-        match = re.search(r"\(at line (\d+), column (\d+)\)", message)
-        where = f"line {match[1]}" if match else "syntax"
-        detail = re.sub(r"\s*\(at line \d+, column \d+\)", "", message)
-        raise ConfigError([f"{path}: {where}: TOML syntax error: {detail}"]) from None
+    data = load_toml(text, path)
 
     sections: dict[str, dict[str, Any]] = {}
     for name, value in data.items():
@@ -418,17 +423,25 @@ def _parse_remember(problems: _Problems, raw: dict[str, Any]) -> RememberSetting
     return RememberSettings(seconds=seconds, services_without_address=tuple(services), state_dir=state_dir)
 
 
-def load_config(path: str = DEFAULT_PATH) -> Config:
-    """Read the config file under the file rule: never readable by others, and 0600 when it holds skey."""
+def read_config_text(path: str, **rule: bool) -> tuple[str, os.stat_result]:
+    """A config file's text and status, read under the file rule (``rule``: see :func:`files.read_checked_stat`)."""
     try:
-        raw, st = files.read_checked_stat(path, private=True)
+        raw, st = files.read_checked_stat(path, **rule)
     except FileRuleError as exc:
         raise ConfigError([f"{exc.path}: {exc.reason}"]) from None
     try:
-        text = raw.decode("utf-8")
+        return raw.decode("utf-8"), st
     except UnicodeDecodeError:
         raise ConfigError([f"{path}: not valid UTF-8"]) from None
-    config = parse_config(text, path, mode=st.st_mode)
+
+
+def load_config(path: str = DEFAULT_PATH, read: Callable[[str, bool], bytes] | None = None) -> Config:
+    """Read the config file under the file rule: never readable by others, and 0600 when it holds skey.
+
+    ``read`` reads the files the config names, as for :func:`parse_config`.
+    """
+    text, st = read_config_text(path, private=True)
+    config = parse_config(text, path, read, mode=st.st_mode)
     if config.log.audit_file:
         # The audit file is written as root: the file rule applies to it like to any other file,
         # and a violation is a configuration error (SPEC §4), not a line in the log.

@@ -13,8 +13,10 @@ Duo's clock minus ours in seconds from the last reply's ``Date`` header (``pam-d
 reads both).
 
 ``outcome`` is one of ``success``, ``failure``, ``failsafe``, ``exempt``,
-``preauth_allow``, ``error``. Fields that are unknown are ``null``. No
-event ever holds the skey or a passcode.
+``preauth_allow``, ``error`` for a login decision (:data:`OUTCOMES`), or ``admin``
+for an administrator's action through the Admin API (:data:`ADMIN_OUTCOMES`: not a
+login; readers that count logins skip it). Fields that are unknown are ``null``. No
+event ever holds the skey, a passcode or a bypass code.
 """
 from __future__ import annotations
 
@@ -31,13 +33,15 @@ from .logline import LOG_DEBUG, LOG_ERR, LOG_INFO, LOG_WARNING, send_syslog  # n
 from .text import for_log
 
 OUTCOMES = ("success", "failure", "failsafe", "exempt", "preauth_allow", "error")
+ADMIN_OUTCOMES = ("admin",)
+CLAIMED = " (claimed)"  # after an address that an unprivileged broker client reported
 FIELDS = ("outcome", "user", "duo_user", "service", "rhost", "tty", "factor", "txid", "reason")
 
 
 
 def event(outcome: str, **fields: Any) -> dict[str, Any]:
     """A decision event with every field present (unknown ones None)."""
-    assert outcome in OUTCOMES, outcome
+    assert outcome in OUTCOMES or outcome in ADMIN_OUTCOMES, outcome
     now = time.time()
     record: dict[str, Any] = {"v": 1, "ts": datetime.fromtimestamp(now, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z",
                               "time": round(now, 3)}
@@ -60,12 +64,19 @@ def _who(record: dict[str, Any]) -> str:
     return f"'{for_log(record.get('duo_user') or record.get('user'), 100)}'"
 
 
+def _address(rhost: Any) -> str:
+    """The remote address for a log line, capped; the claimed marker is kept outside the cap."""
+    if isinstance(rhost, str) and rhost.endswith(CLAIMED):
+        return for_log(rhost[: -len(CLAIMED)], 64) + CLAIMED
+    return for_log(rhost, 64)
+
+
 def syslog_line(record: dict[str, Any]) -> tuple[int, str]:
     """(priority, text) of the syslog line for an event, in duo_unix's wording where one exists."""
     outcome = record["outcome"]
     reason = record.get("reason") or ""
     who = _who(record)
-    where = f" from {for_log(record['rhost'], 64)}" if record.get("rhost") else ""
+    where = f" from {_address(record['rhost'])}" if record.get("rhost") else ""
     if outcome == "success":
         priority, text = LOG_INFO, f"Successful Duo login for {who}{where}"
     elif outcome == "preauth_allow":
@@ -74,6 +85,8 @@ def syslog_line(record: dict[str, Any]) -> tuple[int, str]:
         priority, text = LOG_WARNING, f"Failsafe Duo login for {who}{where}: {for_log(reason)}"
     elif outcome == "exempt":
         priority, text = LOG_INFO, f"User {for_log(record.get('user'), 100)} bypassed Duo 2FA due to user's UNIX group"
+    elif outcome == "admin":
+        priority, text = LOG_INFO, f"Duo admin action for {who}: {for_log(reason, 500)}"
     elif outcome == "failure":
         if reason.startswith("Failsecure"):
             priority, text = LOG_WARNING, f"Failsecure Duo login for {who}{where}: {for_log(reason)}"

@@ -10,7 +10,7 @@ from .errors import UserLookupError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from .config import UsersSettings
+    from .config import DuoIdentity, UsersSettings
 
 
 class LocalUser(Record):
@@ -99,3 +99,14 @@ def second_factor_user(service: str, target: LocalUser, caller_uid: int) -> Loca
     if service in ("su", "su-l") and target.uid == 0 and caller_uid != 0:
         return lookup_uid(caller_uid)
     return target
+
+
+def duo_identity_for(settings: "UsersSettings", person: LocalUser) -> "DuoIdentity | None":
+    """Who ``person`` is at Duo (``map_file``, ``user_id=``), or None when ``users.groups`` exempts them.
+
+    The one rule for logins, ``check --user`` and the ``admin`` commands. Raises
+    :class:`UserLookupError` when the groups cannot be looked up (never an exemption).
+    """
+    if settings.groups and not requires_duo(settings, person):
+        return None
+    return settings.duo_identity(person.name)
