@@ -34,6 +34,7 @@ from .text import for_log
 
 OUTCOMES = ("success", "failure", "failsafe", "exempt", "preauth_allow", "error")
 ADMIN_OUTCOMES = ("admin",)
+CLAIMED = " (claimed)"  # after an address that an unprivileged broker client reported
 FIELDS = ("outcome", "user", "duo_user", "service", "rhost", "tty", "factor", "txid", "reason")
 
 
@@ -63,12 +64,19 @@ def _who(record: dict[str, Any]) -> str:
     return f"'{for_log(record.get('duo_user') or record.get('user'), 100)}'"
 
 
+def _address(rhost: Any) -> str:
+    """The remote address for a log line, capped; the claimed marker is kept outside the cap."""
+    if isinstance(rhost, str) and rhost.endswith(CLAIMED):
+        return for_log(rhost[: -len(CLAIMED)], 64) + CLAIMED
+    return for_log(rhost, 64)
+
+
 def syslog_line(record: dict[str, Any]) -> tuple[int, str]:
     """(priority, text) of the syslog line for an event, in duo_unix's wording where one exists."""
     outcome = record["outcome"]
     reason = record.get("reason") or ""
     who = _who(record)
-    where = f" from {for_log(record['rhost'], 64)}" if record.get("rhost") else ""
+    where = f" from {_address(record['rhost'])}" if record.get("rhost") else ""
     if outcome == "success":
         priority, text = LOG_INFO, f"Successful Duo login for {who}{where}"
     elif outcome == "preauth_allow":

@@ -163,14 +163,64 @@ def open_append_checked(path: str) -> int:
 
 
 def write_atomic(path: str, data: bytes) -> None:
-    """Replace a state file atomically (0600), after checking its directory."""
+    """Replace a state file atomically (0600), after checking its directory.
+
+    The data goes to a new temporary file in the same directory (a random name
+    created with ``O_EXCL``, as ``tempfile.mkstemp`` does, without importing
+    tempfile on the login path), written whole (a short write is continued),
+    fsynced and renamed over ``path``. On any failure the temporary file is
+    removed, so a full disk leaves nothing behind and later writes still work.
+    """
     check_directories(path)
-    directory = os.path.dirname(path)
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    directory, name = os.path.split(path)
+    fd, tmp = _create_temporary(directory, name)
     try:
-        os.write(fd, data)
+        try:
+            _write_whole(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    _sync_directory(directory)
+
+
+def _create_temporary(directory: str, name: str) -> tuple[int, str]:
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    for _ in range(100):
+        tmp = os.path.join(directory, f".{name}.{os.urandom(6).hex()}.tmp")
+        try:
+            return os.open(tmp, flags, 0o600), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary name for {name} in {directory}")
+
+
+def _write_whole(fd: int, data: bytes) -> None:
+    import errno
+
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        if written <= 0:
+            raise OSError(errno.EIO, "the write made no progress")
+        view = view[written:]
+
+
+def _sync_directory(directory: str) -> None:
+    """Make the rename durable; a directory that cannot be synced is not an error."""
+    try:
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return
+    try:
         os.fsync(fd)
+    except OSError:
+        pass
     finally:
         os.close(fd)
-    os.replace(tmp, path)

@@ -13,7 +13,7 @@ from . import users
 from .config import Config, DuoSettings
 from .engine import Engine, Login, Outcome, Prompter, Result
 from .errors import UserLookupError
-from .events import EventSink, event
+from .events import CLAIMED, EventSink, event
 
 
 class LoginRequest(Record, hidden=("password", "env_passcode",)):
@@ -53,7 +53,7 @@ def _default_duo(settings: DuoSettings):  # type: ignore[no-untyped-def]
 def authenticate(config: Config, request: LoginRequest, ui: Prompter, *, sink: EventSink,
                  duo_factory: Callable = _default_duo, hostname: str | None = None) -> Outcome:
     """Decide one login and log the decision. Never raises for expected failures."""
-    shown_rhost = request.rhost if request.trusted_address or not request.rhost else f"{request.rhost} (claimed)"
+    shown_rhost = request.rhost if request.trusted_address or not request.rhost else request.rhost + CLAIMED
     base = {"user": request.user, "service": request.service, "rhost": shown_rhost, "tty": request.tty}
     try:
         target = users.lookup(request.user)
@@ -95,7 +95,8 @@ def authenticate(config: Config, request: LoginRequest, ui: Prompter, *, sink: E
 
         if config.remember.seconds > 0:
             remember = Remember(config.remember.state_dir, config.remember.seconds,
-                                config.remember.services_without_address, on_problem=sink.error)
+                                config.remember.services_without_address, on_problem=sink.error,
+                                caller_uid=request.caller_uid)
         if config.auth.preferred_device:
             devices = PreferredDevices(config.remember.state_dir, on_problem=sink.error)
     duo = duo_factory(config.duo)

@@ -1,6 +1,7 @@
 """The admin commands' pure parts: admin.toml, readiness classification, bypass codes, paging."""
 from __future__ import annotations
 
+import grp
 import io
 import json
 import os
@@ -258,6 +259,8 @@ def test_duo_identity_for_is_the_login_rule(monkeypatch):
     person = users.LocalUser("alice", 1000, 1000, "/home/alice", "/bin/sh")
     mapping = (("alice", DuoIdentity(user_id="DU" + "1" * 18)),)
     monkeypatch.setattr(users, "group_names", lambda user: ["staff"])
+    # "admins" exists and does not list alice (a group that cannot be looked up never exempts)
+    monkeypatch.setattr(users.grp, "getgrnam", lambda name: grp.struct_group((name, "x", 4321, [])))
     assert users.duo_identity_for(UsersSettings(), person) == DuoIdentity(username="alice")
     assert users.duo_identity_for(UsersSettings(mapping=mapping), person).user_id == "DU" + "1" * 18
     assert users.duo_identity_for(UsersSettings(groups=("root",)), person) is None

@@ -172,6 +172,27 @@ def test_su_to_root_asks_the_calling_user(monkeypatch):
 
 # -- as whom, and what is sent -------------------------------------------------------------------
 
+@pytest.mark.parametrize("service", ["su", "su-l"])
+def test_su_remembered_for_one_caller_is_not_remembered_for_another(tmp_path, monkeypatch, service):
+    alice = LocalUser("alice", 1001, 1001, "/home/alice", "/bin/bash")
+    monkeypatch.setattr(users, "lookup", lambda name: alice if name == "alice" else None)
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    config = make_config(f'[remember]\nseconds = 300\nservices_without_address = ["{service}"]\n'
+                         f'state_dir = "{state}"\n')
+
+    def su(caller_uid):
+        duo = FakeDuo(AUTH, auth=[{"txid": "TX1"}], status=[APPROVED])
+        outcome, _, _, _ = run(LoginRequest(user="alice", service=service, caller_uid=caller_uid), config=config,
+                               duo=duo, answers=["1"])
+        return outcome
+
+    assert su(1001).factor == "push"                 # alice's own su, approved with Duo
+    assert su(1001).factor == "remembered"           # alice again: remembered
+    other = su(1002)                                  # bob's "su alice"
+    assert (other.result, other.factor) == (Result.SUCCESS, "push")
+
+
 def test_mapped_duo_identity_is_used_and_logged():
     config = make_config('[users]\nmap_file = "/etc/pam_duo_py/users.map"\n',
                          map_text=f"{ME} user_id=DUABCDEFGHIJ01234567\n".encode())
