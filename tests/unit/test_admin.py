@@ -263,7 +263,7 @@ def test_duo_identity_for_is_the_login_rule(monkeypatch):
     monkeypatch.setattr(users.grp, "getgrnam", lambda name: grp.struct_group((name, "x", 4321, [])))
     assert users.duo_identity_for(UsersSettings(), person) == DuoIdentity(username="alice")
     assert users.duo_identity_for(UsersSettings(mapping=mapping), person).user_id == "DU" + "1" * 18
-    assert users.duo_identity_for(UsersSettings(groups=("root",)), person) is None
+    assert users.duo_identity_for(UsersSettings(groups=("admins",)), person) is None
     assert users.duo_identity_for(UsersSettings(groups=("staff",)), person) == DuoIdentity(username="alice")
 
 
