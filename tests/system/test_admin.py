@@ -100,7 +100,8 @@ def test_readiness_json_and_exit_codes(service, simulator, test_users):
     assert test_users.exempt not in rows
     assert report["total"] == len(report["users"]) and report["locked_out"] == 2
     table = admin(simulator, conf, "readiness")
-    assert table.returncode == 1 and "not_enrolled  YES" in table.stdout
+    enroll_row = next(line.split() for line in table.stdout.splitlines() if line.startswith(test_users["enroll"] + " "))
+    assert table.returncode == 1 and enroll_row[:4] == [test_users["enroll"], "enroll", "not_enrolled", "YES"]
     print(table.stdout)  # the table, for the record (pytest -s)
 
     ready_map = [f"{name} {'alice' if short in ('enroll', 'deny') else short}" for short, name in test_users.items()]
