@@ -435,10 +435,13 @@ def read_config_text(path: str, **rule: bool) -> tuple[str, os.stat_result]:
         raise ConfigError([f"{path}: not valid UTF-8"]) from None
 
 
-def load_config(path: str = DEFAULT_PATH) -> Config:
-    """Read the config file under the file rule: never readable by others, and 0600 when it holds skey."""
+def load_config(path: str = DEFAULT_PATH, read: Callable[[str, bool], bytes] | None = None) -> Config:
+    """Read the config file under the file rule: never readable by others, and 0600 when it holds skey.
+
+    ``read`` reads the files the config names, as for :func:`parse_config`.
+    """
     text, st = read_config_text(path, private=True)
-    config = parse_config(text, path, mode=st.st_mode)
+    config = parse_config(text, path, read, mode=st.st_mode)
     if config.log.audit_file:
         # The audit file is written as root: the file rule applies to it like to any other file,
         # and a violation is a configuration error (SPEC §4), not a line in the log.

@@ -89,7 +89,7 @@ def test_health_snapshot_reads_the_real_broker(tmp_path, monkeypatch):
     broker._lock = threading.Lock()
     broker._active = {}
     broker.pool = ClientPool(SETTINGS, factory=lambda s: type("C", (), {"settings": s, "close": lambda self: None})())
-    assert broker._enter(1000)
+    assert broker._enter(("uid", 1000))
     client = broker.pool.get(SETTINGS)
     client.close()
     snap = broker_health.Health(broker, environ={}).snapshot()
