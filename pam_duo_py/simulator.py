@@ -380,6 +380,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                  conn_id: int) -> None:
         self.conn_id = conn_id
         self.sim: Simulator = server.sim
+        self.timeout = self.sim.idle_timeout  # a keep-alive connection idle this long is closed
         super().__init__(request, client_address, server)
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
@@ -534,7 +535,7 @@ class Simulator:
     def __init__(self, state_dir: pathlib.Path, port: int = 0, approve_delay: float = 0.2,
                  long_poll: float = 10.0, clock_offset: float = 0.0, tls: str = "good",
                  check_fault: Optional[str] = None, admin_fault: Optional[str] = None,
-                 push_timeout: float = 60.0) -> None:
+                 push_timeout: float = 60.0, idle_timeout: float = IDLE_TIMEOUT) -> None:
         if tls not in ("good", "wronghost"):
             raise ValueError("tls must be 'good' or 'wronghost'")
         if check_fault is not None and not _CHECK_FAULT_RE.match(check_fault):
@@ -548,6 +549,7 @@ class Simulator:
         self.clock_offset = clock_offset
         self.tls = tls
         self.check_fault = check_fault
+        self.idle_timeout = idle_timeout
         ensure_pki(self.state_dir)
         self.ikey, self.skey = _load_keys(self.state_dir)
         self.ca_file = self.state_dir / "ca.pem"
@@ -1034,6 +1036,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                     help="wronghost: serve a certificate for DNS:wrong.example")
     ap.add_argument("--check-fault", metavar="FAULT", help="fault for /auth/v2/check, e.g. 500x1")
     ap.add_argument("--admin-fault", metavar="FAULT", help="fault for the first Admin API requests, e.g. 429ra1x1")
+    ap.add_argument("--idle-timeout", type=float, default=IDLE_TIMEOUT, metavar="S",
+                    help=f"close a keep-alive connection idle this long (default {IDLE_TIMEOUT:g})")
     args = ap.parse_args(argv)
     state = pathlib.Path(args.state_dir) if args.state_dir else \
         pathlib.Path(tempfile.mkdtemp(prefix="pam-duo-sim-"))
@@ -1048,7 +1052,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         sim = Simulator(state, port=args.port, approve_delay=args.approve_delay,
                         long_poll=args.long_poll, clock_offset=args.clock_offset,
                         push_timeout=args.push_timeout,
-                        tls=args.tls, check_fault=args.check_fault, admin_fault=args.admin_fault)
+                        tls=args.tls, check_fault=args.check_fault, admin_fault=args.admin_fault,
+                        idle_timeout=args.idle_timeout)
         sim.start()
     except (OSError, RuntimeError, ValueError) as exc:
         print(f"pam-duo-py simulate: {exc}", file=sys.stderr)
