@@ -24,7 +24,7 @@ from typing import IO, Any, Iterable, Iterator
 
 from . import files
 from .errors import FileRuleError
-from .events import OUTCOMES
+from .events import ADMIN_OUTCOMES, OUTCOMES
 from .text import for_log
 
 EXIT_OK, EXIT_NO_FILE = 0, 1
@@ -90,7 +90,7 @@ def summarise(records: Iterable[Any], since: float) -> dict[str, Any]:
     users: dict[str, dict[str, int]] = {}
     services: dict[str, dict[str, int]] = {}
     failsafe: list[dict[str, Any]] = []
-    unreadable = older = 0
+    unreadable = older = admin = 0
     first = last = None
     for record in records:
         if not isinstance(record, dict):
@@ -103,6 +103,9 @@ def summarise(records: Iterable[Any], since: float) -> dict[str, Any]:
             continue
         if when < since:
             older += 1
+            continue
+        if outcome in ADMIN_OUTCOMES:  # an administrator's action, not a login
+            admin += 1
             continue
         first = when if first is None else min(first, when)
         last = when if last is None else max(last, when)
@@ -129,6 +132,7 @@ def summarise(records: Iterable[Any], since: float) -> dict[str, Any]:
         "by_service": dict(sorted(services.items(), key=lambda item: (-item[1]["total"], item[0]))),
         "unreadable_lines": unreadable,
         "older_records": older,
+        "admin_actions": admin,
     }
 
 
@@ -315,7 +319,7 @@ def _configured_audit_file(config_path: str) -> tuple[str | None, str | None]:
     from .config import tomllib
 
     try:
-        raw = files.read_checked(config_path, secret=True)
+        raw = files.read_checked_stat(config_path, private=True)[0]
     except FileRuleError as exc:
         return None, f"{exc.path}: {exc.reason}"
     try:

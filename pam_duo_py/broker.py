@@ -13,7 +13,19 @@ client -> broker, first frame::
 (``caller_uid``: the real uid of the program that runs the PAM stack, taken from root callers
 only; under su it is the user who ran su, who does Duo for su to root.)
 
-broker -> client, any number of::
+broker -> client, first answer, one of::
+
+    {"type": "accepted"}                        the broker took the login; nothing was sent to Duo yet
+    {"type": "busy", "message": "..."}          too many concurrent logins for this user; then it hangs up
+    {"type": "result", ...}                     a refusal before the login started (below)
+
+A PAM client that gets no first answer within ``ACK_TIMEOUT`` (a stopped or
+overloaded broker), ``busy``, or a connection closed before ``accepted``,
+decides the login in-process: nothing was sent to Duo. After ``accepted``, a
+lost broker is a refusal (a push may be on its way). ``pam-duo-login`` has no
+in-process fallback: for it all of these are a refusal.
+
+After ``accepted``, any number of::
 
     {"type": "ask", "text": "..."}     client answers {"type": "answer", "text": "..."} or {"type": "eof"}
     {"type": "show", "text": "..."}    client answers {"type": "ack"}
@@ -25,13 +37,25 @@ and last ``{"type": "result", "result": "SUCCESS", "message": "..."}`` (a name o
 not a valid frame, or does not arrive whole within ``FIRST_FRAME_TIMEOUT``, gets
 ``SERVICE_ERR`` / ``"bad request"``; a first frame of another type ``SERVICE_ERR`` /
 ``"expected a login request"``; a root caller naming another config file
-``SERVICE_ERR`` / ``OTHER_CONFIG`` (the PAM module then decides in-process).
+``SERVICE_ERR`` / ``OTHER_CONFIG`` (the PAM module then decides in-process); a
+config that changed on disk and no longer loads ``SERVICE_ERR`` / ``BAD_CONFIG``.
 
 Trust: the caller's uid comes from the kernel (``SO_PEERCRED``). Root (the PAM
 module inside sshd or sudo) may name any user, address, service and password.
 Anyone else is authenticated as their own user only, under the service
 ``pam-duo-login``; the address they send is logged as claimed and never sent to
-Duo; ``password`` is ignored. Concurrent logins are capped per uid.
+Duo; ``password`` is ignored.
+
+Limits, so that no caller can make the broker refuse or delay other users:
+concurrent logins are capped per target user for root callers (``MAX_PER_USER``)
+and per uid for others (``MAX_PER_UID``); open connections are capped in all
+(``MAX_CONNECTIONS``) and per non-root uid (``MAX_CONNECTIONS_PER_UID``); over a
+cap a connection is shed (closed at once). Running out of file descriptors or
+threads sheds the newest connection and never ends the broker.
+
+Before each login the broker compares the identity of its config file and of
+every file the config names with what it loaded (see :mod:`pam_duo_py.watch`)
+and reloads on a change.
 """
 from __future__ import annotations
 
@@ -54,16 +78,28 @@ from .paths import DEFAULT_SOCKET  # noqa: F401  (the socket clients look for fi
 MAX_FRAME = 64 * 1024
 FIRST_FRAME_TIMEOUT = 5.0  # for the whole first frame: a client that trickles bytes is cut off too
 ANSWER_TIMEOUT = 180.0  # for each whole answer frame
-MAX_PER_UID = 4
-MAX_PER_ROOT = 64
+ACK_TIMEOUT = 2.0  # a PAM client waits this long for "accepted", then decides in-process
+WRAPPER_ACK_TIMEOUT = 10.0  # pam-duo-login has no fallback: it waits longer, then refuses
+MAX_PER_UID = 4  # concurrent logins of one non-root caller
+MAX_PER_USER = 16  # concurrent logins for one target user from root callers; more go in-process
+MAX_CONNECTIONS = 512  # open client connections in all (further bounded by RLIMIT_NOFILE)
+MAX_CONNECTIONS_PER_UID = 2 * MAX_PER_UID  # of one non-root uid, requests not yet read included
+NOFILE_TARGET = 65536  # the soft RLIMIT_NOFILE the broker raises itself to (at most the hard limit)
+TICK = 1.0  # seconds between calls of Broker.tick from the accept loop
 MAX_IDLE_CLIENTS = 8
 WRAPPER_SERVICE = "pam-duo-login"
 OTHER_CONFIG = "the broker serves another config"
+BAD_CONFIG = "configuration error (see the system log)"
+BUSY = "BUSY"  # what converse() returns for a "busy" answer: not a PAM result
 _HEADER = struct.Struct(">I")
 
 
 class ProtocolError(PamDuoError):
     """A frame that is not what the protocol allows, or a peer that went away."""
+
+
+class NotAccepted(ProtocolError):
+    """The broker did not accept the login (no answer in time, or it hung up): nothing went to Duo."""
 
 
 def send_frame(sock: socket.socket, message: dict[str, Any]) -> None:
@@ -128,7 +164,7 @@ def check_socket_dir(path: str) -> None:
         raise ProtocolError(f"{directory} is writable by group or others")
 
 
-def connect(path: str, timeout: float = 5.0) -> socket.socket:
+def connect(path: str, timeout: float = ACK_TIMEOUT) -> socket.socket:
     """Connect to the broker, checking that the socket directory and the peer are root's."""
     try:
         check_socket_dir(path)
@@ -148,22 +184,33 @@ def connect(path: str, timeout: float = 5.0) -> socket.socket:
     return sock
 
 
-def converse(sock: socket.socket, request: dict[str, Any], ui: Any, *, frame_timeout: float = 700.0) -> tuple[str, str]:
+def converse(sock: socket.socket, request: dict[str, Any], ui: Any, *, ack_timeout: float = ACK_TIMEOUT,
+             frame_timeout: float = 700.0) -> tuple[str, str]:
     """Send a login request and relay the broker's prompts to ``ui`` (a Prompter). Returns (result, message).
 
-    ``frame_timeout`` bounds the wait for each broker message; it exceeds the
-    longest push wait the config allows, so only a hung broker hits it.
+    Until the broker accepts the login, any failure raises :class:`NotAccepted`
+    (within ``ack_timeout``); a "busy" answer returns ``(BUSY, message)``. After
+    that, ``frame_timeout`` bounds the wait for each broker message; it exceeds
+    the longest push wait the config allows, so only a hung broker hits it.
     """
-    send_frame(sock, dict(request, type="login"))
+    accepted = False
+    try:
+        sock.settimeout(ack_timeout)
+        send_frame(sock, dict(request, type="login"))
+        message = recv_frame(sock, deadline=time.monotonic() + ack_timeout)
+    except ProtocolError as exc:
+        raise NotAccepted(str(exc)) from None
     while True:
-        sock.settimeout(frame_timeout)
-        message = recv_frame(sock)
         kind = message["type"]
         text = message.get("text") if isinstance(message.get("text"), str) else ""
         if kind == "result":
             result = message.get("result")
             return (result if isinstance(result, str) else "SERVICE_ERR"), str(message.get("message") or "")
-        if kind == "ask":
+        if kind == "busy" and not accepted:
+            return BUSY, str(message.get("message") or "")
+        if kind == "accepted" and not accepted:
+            accepted = True
+        elif kind == "ask":
             try:
                 send_frame(sock, {"type": "answer", "text": ui.ask(text)})
             except ConversationError:
@@ -173,6 +220,9 @@ def converse(sock: socket.socket, request: dict[str, Any], ui: Any, *, frame_tim
             send_frame(sock, {"type": "ack"})
         else:
             raise ProtocolError(f"unexpected frame {kind[:20]!r}")
+        accepted = True  # a prompt also means the broker took the login
+        sock.settimeout(frame_timeout)
+        message = recv_frame(sock)
 
 
 # -- broker side -----------------------------------------------------------------------------------
@@ -241,7 +291,7 @@ class ClientPool:
 
     def get(self, settings: Any) -> _Pooled:
         with self._lock:
-            client = self._idle.pop() if self._idle and settings is self.settings else None
+            client = self._idle.pop() if self._idle and settings == self.settings else None
         if client is None:
             if self._factory is not None:
                 client = self._factory(settings)
@@ -253,7 +303,7 @@ class ClientPool:
 
     def give_back(self, client: Any) -> None:
         with self._lock:
-            if client.settings is self.settings and len(self._idle) < MAX_IDLE_CLIENTS:
+            if client.settings == self.settings and len(self._idle) < MAX_IDLE_CLIENTS:
                 self._idle.append(client)
                 return
         client.close()
@@ -281,49 +331,76 @@ def _caller_uid(message: dict[str, Any]) -> int:
 class Broker:
     def __init__(self, config_path: str, *, socket_path: str | None = None,
                  duo_factory: Callable[[Any], Any] | None = None) -> None:
-        from .config import load_config
+        from . import watch
 
         self.config_path = config_path
-        self.config = load_config(config_path)
+        self.config, self._stamps = watch.load(config_path)
         self.socket_path = socket_path or self.config.broker.socket
         import threading
 
         self._threading = threading
         self._duo_factory = duo_factory
         self.pool = ClientPool(self.config.duo, duo_factory)
-        self._active: dict[int, int] = {}
+        self._active: dict[Any, int] = {}  # ("user", name) for root callers, ("uid", uid) for others
+        self._connections: dict[int, int] = {}  # open connections per peer uid
+        self._open = 0
+        self.max_connections = MAX_CONNECTIONS
+        self.shed = 0  # connections closed unserved (a cap, no descriptor or no thread)
         self._lock = threading.Lock()
+        self._config_lock = threading.Lock()
         self._stop = threading.Event()
+        self._hup = False
         self._listener: socket.socket | None = None
+        self._spare: int | None = None
         from .events import EventSink
 
         self.sink = EventSink(self.config.log.audit_file)
+        from .broker_health import Health
 
-    # -- lifecycle
+        self.health = Health(self)
 
-    def reload(self) -> bool:
-        """Read the config again (SIGHUP). On any problem the old config stays in force."""
-        from .config import load_config
+    # -- configuration
+
+    def _load(self, why: str) -> bool:
+        """Load the config again. On failure nobody logs in until the disk holds a valid config again."""
+        from . import watch
         from .events import EventSink
 
         try:
-            config = load_config(self.config_path)
-        except ConfigError as exc:
-            problems = "; ".join(exc.problems) or str(exc)
-            self.sink.error(f"broker: reload failed, keeping the old config: {problems}")
-            _note(f"reload failed, keeping the old config: {problems}", error=True)
+            config, stamps = watch.load(self.config_path)
+        except Exception as exc:  # ConfigError or anything else: never take the broker down
+            problems = "; ".join(getattr(exc, "problems", ())) or f"{type(exc).__name__}: {exc}"
+            self._stamps = {("file", ""): ()}  # matches nothing: the next login tries again
+            self.sink.error(f"broker: config {why}; reload failed, logins refused until it is fixed: {problems}")
+            _note(f"reload failed, logins refused until the config is fixed: {problems}", error=True)
+            self.health.reloaded(False)
             return False
-        except Exception as exc:  # a signal handler must never take the broker down
-            self.sink.error(f"broker: reload failed, keeping the old config: {type(exc).__name__}: {exc}")
-            _note(f"reload failed, keeping the old config: {type(exc).__name__}: {exc}", error=True)
-            return False
-        old = self.pool
-        self.config = config
-        self.pool = ClientPool(config.duo, self._duo_factory)
+        old, ca = self.config, ("file", config.duo.ca_file)
+        renew = config.duo != old.duo or stamps.get(ca) != self._stamps.get(ca)  # keep warm connections if we can
+        self.config, self._stamps = config, stamps
         self.sink = EventSink(config.log.audit_file)
-        old.close()
-        _note(f"reloaded {self.config_path}")
+        if renew:
+            pool, self.pool = self.pool, ClientPool(config.duo, self._duo_factory)
+            pool.close()
+        _note(f"reloaded {self.config_path}" + ("" if why == "SIGHUP" else f" ({why})"))
+        self.health.reloaded(True)
         return True
+
+    def reload(self) -> bool:
+        """Read the config again (SIGHUP, from the accept loop)."""
+        with self._config_lock:
+            return self._load("SIGHUP")
+
+    def current_config(self) -> Any:
+        """The config as it is on disk now, reloading when a file changed; None when it does not load."""
+        from . import watch
+
+        with self._config_lock:
+            if watch.changed(self._stamps) and not self._load("changed on disk"):
+                return None
+            return self.config
+
+    # -- lifecycle
 
     def bind(self) -> socket.socket:
         listen_fds = os.environ.get("LISTEN_FDS")
@@ -349,19 +426,49 @@ class Broker:
         self._listener = listener
         return listener
 
+    def raise_fd_limit(self) -> None:
+        """Soft RLIMIT_NOFILE up to the hard limit (at most NOFILE_TARGET); connections fit in what we get."""
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        want = NOFILE_TARGET if hard == resource.RLIM_INFINITY else min(hard, NOFILE_TARGET)
+        if soft != resource.RLIM_INFINITY and soft < want:
+            try:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+                soft = want
+            except (ValueError, OSError):
+                pass
+        if soft != resource.RLIM_INFINITY:
+            # Each connection may hold its socket and a Duo connection; keep room for the rest.
+            self.max_connections = max(8, min(MAX_CONNECTIONS, (soft - 64) // 2))
+
     def serve_forever(self) -> None:
         listener = self._listener or self.bind()
-        listener.settimeout(0.5)
+        listener.settimeout(TICK)
+        self._spare = _open_spare()
         while not self._stop.is_set():
+            self.tick()
             try:
                 conn, _ = listener.accept()
             except socket.timeout:
                 continue
-            except OSError:
+            except OSError as exc:
                 if self._stop.is_set():
                     break
-                raise
-            self._threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
+                self._accept_failed(listener, exc)
+                continue
+            self._admit(conn)
+
+    def tick(self) -> None:
+        """Called from the accept loop at least every TICK seconds: watchdog ping, stats, a pending SIGHUP reload."""
+        self.health.tick()  # watchdog ping and stats file, when due
+        if self._hup:
+            self._hup = False
+            self.reload()
+
+    def hup(self) -> None:
+        """SIGHUP: reload at the next tick (not inside the signal handler)."""
+        self._hup = True
 
     def stop(self) -> None:
         self._stop.set()
@@ -369,56 +476,99 @@ class Broker:
             self._listener.close()
         self.pool.close()
 
-    # -- one connection
+    # -- admission: nothing a caller does may end the broker or block others
 
-    def _enter(self, uid: int) -> bool:
-        limit = MAX_PER_ROOT if uid == 0 else MAX_PER_UID
+    def _accept_failed(self, listener: socket.socket, exc: OSError) -> None:
+        """EMFILE/ENFILE and friends: shed the waiting connection with the spare descriptor, then go on."""
+        import errno
+
+        if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+            self.shed += 1
+            if self._spare is not None:
+                os.close(self._spare)
+                self._spare = None
+                try:
+                    listener.accept()[0].close()
+                except OSError:
+                    pass
+                self._spare = _open_spare()
+            if self.shed % 100 == 1:
+                _note(f"out of file descriptors ({exc.strerror}); shedding connections", error=True)
+            time.sleep(0.01)  # the descriptors come back as connections end; do not spin meanwhile
+
+    def _admit(self, conn: socket.socket) -> None:
+        try:
+            uid = peer_uid(conn)
+        except OSError:
+            conn.close()
+            return
         with self._lock:
-            if self._active.get(uid, 0) >= limit:
+            full = self._open >= self.max_connections or (
+                uid != 0 and self._connections.get(uid, 0) >= MAX_CONNECTIONS_PER_UID)
+            if not full:
+                self._open += 1
+                self._connections[uid] = self._connections.get(uid, 0) + 1
+        if full:
+            self.shed += 1
+            conn.close()
+            return
+        self.health.connections += 1
+        try:
+            self._threading.Thread(target=self._handle, args=(conn, uid), daemon=True).start()
+        except BaseException:  # RuntimeError "can't start new thread", MemoryError: shed, go on
+            self.shed += 1
+            self._closed(conn, uid)
+
+    def _closed(self, conn: socket.socket, uid: int) -> None:
+        conn.close()
+        with self._lock:
+            self._open -= 1
+            self._connections[uid] -= 1
+            if not self._connections[uid]:
+                del self._connections[uid]
+
+    def _enter(self, key: tuple) -> bool:
+        limit = MAX_PER_USER if key[0] == "user" else MAX_PER_UID
+        with self._lock:
+            if self._active.get(key, 0) >= limit:
                 return False
-            self._active[uid] = self._active.get(uid, 0) + 1
+            self._active[key] = self._active.get(key, 0) + 1
             return True
 
-    def _leave(self, uid: int) -> None:
+    def _leave(self, key: tuple) -> None:
         with self._lock:
-            self._active[uid] -= 1
-            if not self._active[uid]:
-                del self._active[uid]
+            self._active[key] -= 1
+            if not self._active[key]:
+                del self._active[key]
 
-    def _handle(self, conn: socket.socket) -> None:
-        with conn:
+    # -- one connection
+
+    def _handle(self, conn: socket.socket, uid: int) -> None:
+        try:
+            self._login(conn, uid)
+        except BaseException as exc:  # one bad client must never take the broker down
             try:
-                uid = peer_uid(conn)
-            except OSError:
-                return
-            if not self._enter(uid):
-                # Read the request first: a client still sending it when we hang up would get
-                # EPIPE and never see the refusal.
-                try:
-                    recv_frame(conn, deadline=time.monotonic() + FIRST_FRAME_TIMEOUT)
-                except (ProtocolError, OSError):
-                    pass
-                self._reply(conn, "AUTH_ERR", "too many concurrent logins for this user")
-                return
-            try:
-                self._login(conn, uid)
-            except BaseException as exc:  # one bad client must never take the broker down
-                try:
-                    self.sink.error(f"broker: internal error for uid {uid}: {type(exc).__name__}: {exc}")
-                    self._reply(conn, "SERVICE_ERR", "internal error")
-                except BaseException:
-                    pass
-            finally:
-                self._leave(uid)
+                self.sink.error(f"broker: internal error for uid {uid}: {type(exc).__name__}: {exc}")
+                self._reply(conn, "SERVICE_ERR", "internal error")
+            except BaseException:
+                pass
+        finally:
+            self._closed(conn, uid)
+
+    def _send(self, conn: socket.socket, message: dict[str, Any]) -> bool:
+        try:
+            conn.settimeout(ANSWER_TIMEOUT)
+            send_frame(conn, message)
+            return True
+        except (ProtocolError, OSError):
+            return False
 
     def _reply(self, conn: socket.socket, result: str, message: str = "") -> None:
-        try:
-            send_frame(conn, {"type": "result", "result": result, "message": message})
-        except ProtocolError:
-            pass
+        self._send(conn, {"type": "result", "result": result, "message": message})
 
-    def _login(self, conn: socket.socket, uid: int) -> None:
-        from .login import LoginRequest, authenticate
+    def _request(self, conn: socket.socket, uid: int) -> Any:
+        """The login request from the first frame, or None after answering a refusal."""
+        from .login import LoginRequest
         from .users import lookup_uid
 
         try:
@@ -427,42 +577,68 @@ class Broker:
             if "closed the connection" not in str(exc):  # not a client that just went away
                 self.sink.error(f"broker: bad request from uid {uid}: {exc}")
                 self._reply(conn, "SERVICE_ERR", "bad request")
-            return
+            return None
         if message["type"] != "login":
             self._reply(conn, "SERVICE_ERR", "expected a login request")
-            return
+            return None
         user = _text(message, "user", 256)
         if user is None:
             self._reply(conn, "USER_UNKNOWN", "no user named")
-            return
-        config = self.config
+            return None
         interactive = message.get("interactive") if isinstance(message.get("interactive"), bool) else None
         if uid == 0:
             wanted = _text(message, "config")
             if wanted and os.path.realpath(wanted) != os.path.realpath(self.config_path):
                 self._reply(conn, "SERVICE_ERR", OTHER_CONFIG)
-                return
-            request = LoginRequest(
+                return None
+            return LoginRequest(
                 user=user, service=_text(message, "service", 64) or "", rhost=_text(message, "rhost", 256),
                 tty=_text(message, "tty", 256), interactive=interactive, command=_text(message, "command", 4096),
                 caller_uid=_caller_uid(message), password=_text(message, "password"),
                 env_passcode=_text(message, "env_passcode", 64),
                 trusted_address=True,
             )
-        else:
-            caller = lookup_uid(uid)
-            if caller is None or caller.name != user:
-                self.sink.error(f"broker: uid {uid} asked to log in as another user; refused")
-                self._reply(conn, "AUTH_ERR", "you can only authenticate as yourself")
+        caller = lookup_uid(uid)
+        if caller is None or caller.name != user:
+            self.sink.error(f"broker: uid {uid} asked to log in as another user; refused")
+            self._reply(conn, "AUTH_ERR", "you can only authenticate as yourself")
+            return None
+        return LoginRequest(
+            user=caller.name, service=WRAPPER_SERVICE, rhost=_text(message, "rhost", 256),
+            tty=_text(message, "tty", 256), interactive=interactive, command=_text(message, "command", 4096),
+            caller_uid=uid, env_passcode=_text(message, "env_passcode", 64), trusted_address=False,
+        )
+
+    def _login(self, conn: socket.socket, uid: int) -> None:
+        from .login import authenticate
+
+        request = self._request(conn, uid)
+        if request is None:
+            return
+        key = ("user", request.user) if uid == 0 else ("uid", uid)
+        if not self._enter(key):
+            self._send(conn, {"type": "busy", "message": "too many concurrent logins for this user"})
+            return
+        try:
+            if not self._send(conn, {"type": "accepted"}):
+                return  # the client gave up waiting (and decides in-process): nothing was sent to Duo
+            config = self.current_config()
+            if config is None:
+                self._reply(conn, "SERVICE_ERR", BAD_CONFIG)
                 return
-            request = LoginRequest(
-                user=caller.name, service=WRAPPER_SERVICE, rhost=_text(message, "rhost", 256),
-                tty=_text(message, "tty", 256), interactive=interactive, command=_text(message, "command", 4096),
-                caller_uid=uid, env_passcode=_text(message, "env_passcode", 64), trusted_address=False,
-            )
-        pool = self.pool
-        outcome = authenticate(config, request, BrokerPrompter(conn), sink=self.sink, duo_factory=pool.get)
-        self._reply(conn, outcome.result.value)
+            pool = self.pool
+            outcome = authenticate(config, request, BrokerPrompter(conn), sink=self.sink, duo_factory=pool.get)
+            self._reply(conn, outcome.result.value)
+        finally:
+            self._leave(key)
+
+
+def _open_spare() -> int | None:
+    """A descriptor kept in reserve, closed to make room for accepting (and shedding) when out of them."""
+    try:
+        return os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
 
 
 def _listening(path: str) -> bool:
@@ -497,14 +673,17 @@ def main(config_path: str, socket_path: str | None = None) -> int:
     except (OSError, ProtocolError) as exc:
         print(f"pam-duo-py broker: cannot listen on {socket_path or 'the broker socket'}: {exc}", file=sys.stderr)
         return 1
-    signal.signal(signal.SIGHUP, lambda *_: broker.reload())
+    broker.raise_fd_limit()
+    signal.signal(signal.SIGHUP, lambda *_: broker.hup())
     signal.signal(signal.SIGTERM, lambda *_: broker._stop.set())
     print(f"pam-duo-py broker: listening on {broker.socket_path}", flush=True)
+    broker.health.ready()
     try:
         broker.serve_forever()
     except KeyboardInterrupt:
         pass
     finally:
+        broker.health.stopping()
         broker.stop()
         if broker.socket_path and os.path.exists(broker.socket_path) and not os.environ.get("LISTEN_FDS"):
             try:

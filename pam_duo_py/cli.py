@@ -7,6 +7,7 @@ import sys
 from typing import Sequence
 
 from . import __version__
+from .paths import DEFAULT_ADMIN_CONFIG
 from .paths import DEFAULT_CONFIG as DEFAULT_PATH
 
 EXIT_OK, EXIT_CONFIG, EXIT_DUO, EXIT_CLOCK = 0, 1, 2, 3
@@ -19,11 +20,13 @@ CLOCK_LIMIT = 60.0
 
 
 class _Command(argparse.ArgumentParser):
-    """A subcommand's parser: ``-c`` is accepted after the subcommand too (it wins over one before it)."""
+    """A subcommand's parser: ``-c`` and ``--admin-config`` are accepted after the subcommand too (they win)."""
 
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
         self.add_argument("-c", "--config", default=argparse.SUPPRESS, help=f"config file (default {DEFAULT_PATH})")
+        self.add_argument("--admin-config", default=argparse.SUPPRESS, metavar="PATH",
+                          help=f"Admin API key file, for admin and check (default {DEFAULT_ADMIN_CONFIG})")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -33,6 +36,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("-c", "--config", default=DEFAULT_PATH, help=f"config file (default {DEFAULT_PATH})")
+    parser.add_argument("--admin-config", default=DEFAULT_ADMIN_CONFIG, metavar="PATH",
+                        help=f"Admin API key file, for admin and check (default {DEFAULT_ADMIN_CONFIG})")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Command)
     sub.required = True
 
@@ -46,6 +51,7 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--offline", action="store_true",
                        help="only the config and the files it names; no network (for configuration "
                             "management's validate= and the broker's ExecReload=). Exit 0 ok, 1 config error")
+    _admin_parser(sub)
 
     # Its options are the simulator's own: "pam-duo-py simulate --help" lists them all.
     sub.add_parser("simulate", help="run the local Duo simulator (a test and demo tool; see simulate --help)",
@@ -83,6 +89,53 @@ def _parser() -> argparse.ArgumentParser:
                        help="the audit file to read (default: log.audit_file of the config; with --file no config "
                             "is needed)")
     return parser
+
+
+def _admin_parser(sub: argparse._SubParsersAction) -> None:
+    admin = sub.add_parser("admin", help="Duo Admin API: user details, bypass codes, enrollment, readiness",
+                           description="Duo Admin API commands, with the keys in the admin config (an [admin] "
+                                       "table: ikey, skey or skey_file, host, optional ca_file, proxy, timeout; "
+                                       "root, mode 0600). Local users are mapped to Duo users as logins map them "
+                                       "(users.map_file, users.groups of the main config). Exit 0 ok, 1 error, "
+                                       "2 Duo unreachable or refused.")
+    commands = admin.add_subparsers(dest="admin_command", metavar="ADMIN_COMMAND", parser_class=_Command)
+    commands.required = True
+    user = commands.add_parser("user", help="the Duo user a local user maps to",
+                               description="Show the Duo user a local user maps to: status, aliases, phones and "
+                                           "tokens with their capabilities, last login, and what the next login "
+                                           "would need. Exit 1 when Duo does not know the user. Needs \"Grant "
+                                           "read resource\".")
+    user.add_argument("name", metavar="NAME", help="local user")
+    user.add_argument("--json", action="store_true", help="one JSON object")
+    code = commands.add_parser("bypass-code", help="create bypass codes for a user who lost their phone",
+                               description="Create Duo bypass codes for a local user's Duo user, keeping the codes "
+                                           "the user already has. They are printed once, only to a terminal (use "
+                                           "--yes to print them elsewhere), and never logged; the issuance (who, "
+                                           "for whom, count, uses, validity) goes to syslog and the audit file. "
+                                           "Needs \"Grant write resource\".")
+    code.add_argument("name", metavar="NAME", help="local user")
+    code.add_argument("--count", type=int, default=1, metavar="K", help="number of codes, 1-10 (default 1)")
+    code.add_argument("--uses", type=int, default=1, metavar="N", help="uses per code, 1-100 (default 1)")
+    code.add_argument("--valid", type=_duration, default="1h", metavar="DURATION",
+                      help="how long the codes stay valid, e.g. 30m, 1h, 2d (default 1h, at most 30d)")
+    code.add_argument("--yes", action="store_true", help="print the codes even when stdout is not a terminal")
+    enroll = commands.add_parser("enroll", help="send Duo's enrollment email",
+                                 description="Send Duo's enrollment email to a local user whose Duo user has no "
+                                             "device yet (Duo creates the user when needed). Needs \"Grant write "
+                                             "resource\".")
+    enroll.add_argument("name", metavar="NAME", help="local user")
+    enroll.add_argument("email", metavar="EMAIL", help="where Duo sends the enrollment link")
+    ready = commands.add_parser("readiness", help="who would be locked out if Duo were turned on now",
+                                description="For every local account with a login shell that would have to do Duo "
+                                            "under the main config (users.groups, users.map_file), what its next "
+                                            "login would need, from the Admin API (paged; no preauth, so nothing "
+                                            "is logged at Duo per user). Exit 1 if anyone would be locked out "
+                                            "(not enrolled, unknown to Duo, disabled, locked out). Needs \"Grant "
+                                            "read resource\".")
+    ready.add_argument("--json", action="store_true",
+                       help='print {"users": [{"user", "duo_user", "state", "locked_out"}], "total", "locked_out"}')
+    ready.add_argument("--service", metavar="NAME",
+                       help="the PAM service to judge for (su and su-l: root is not listed, the caller does Duo)")
 
 
 def _duration(text: str) -> float:
@@ -142,16 +195,22 @@ def _check(config_path: str, user: str | None, offline: bool = False) -> int:
     if user:
         from . import users as users_mod
         from .answers import build_menu
+        from .errors import UserLookupError
 
         local = users_mod.lookup(user)
         if local is None:
             print(f"User {user}: no such local user", file=sys.stderr)
             return EXIT_CONFIG
-        if config.users.groups and not config.users.requires_duo(users_mod.group_names(local)):
+        try:
+            identity = users_mod.duo_identity_for(config.users, local)
+        except UserLookupError as exc:
+            print(f"User {user}: logins are refused (PAM_SERVICE_ERR): {exc}", file=sys.stderr)
+            client.close()
+            return EXIT_CONFIG
+        if identity is None:
             print(f"User {user}: exempt (not in users.groups); Duo is not asked")
             client.close()
             return status
-        identity = config.users.duo_identity(local.name)
         try:
             pre = client.preauth(identity, ipaddr=None, hostname=None, verified_push=config.auth.verified_push)
         except DuoError as exc:
@@ -196,11 +255,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         return simulate_main(argv[1:])
     args = _parser().parse_args(argv)
     args.config = os.path.abspath(args.config)  # the file rule needs an absolute path; accept one relative to here
+    args.admin_config = os.path.abspath(args.admin_config)
     if args.command == "check":
         if args.offline and args.user:
             print("pam-duo-py check: --user needs the network; it cannot be combined with --offline", file=sys.stderr)
             return EXIT_CONFIG
-        return _check(args.config, args.user, args.offline)
+        status = _check(args.config, args.user, args.offline)
+        if not args.offline and os.path.lexists(args.admin_config):
+            from .admin_cli import check_admin
+
+            print()
+            status = max(status, check_admin(args.admin_config))
+        return status
+    if args.command == "admin":
+        from .admin_cli import main as admin_main
+
+        return admin_main(args)
     if args.command == "broker":
         from .broker import main as broker_main
 

@@ -197,8 +197,8 @@ def parse_map_file(text: str, path: str) -> tuple[tuple[tuple[str, DuoIdentity],
     problems: list[str] = []
     seen: set[str] = set()
     for number, raw in enumerate(text.splitlines(), start=1):
-        line = raw.strip()
-        if not line or line.startswith("#"):
+        line = raw.split("#", 1)[0].strip()  # "#" starts a comment anywhere, as in /etc/hosts
+        if not line:
             continue
         parts = line.split()
         if len(parts) != 2:
@@ -352,18 +352,27 @@ def _parse_users(problems: _Problems, raw: dict[str, Any], read: Callable[[str, 
     return UsersSettings(groups=tuple(clean), map_file=map_file, mapping=mapping)
 
 
-def parse_config(text: str, path: str, read: Callable[[str, bool], bytes] | None = None) -> Config:
-    """Parse and validate config text. ``read(path, secret)`` reads referenced files (default: the file rule)."""
-    read = read or (lambda p, secret: files.read_checked(p, secret=secret))
-    problems = _Problems(path)
+def load_toml(text: str, path: str) -> dict[str, Any]:
+    """Parse TOML text; a syntax error is a :class:`ConfigError` naming the file and line."""
     try:
-        data = tomllib.loads(text)
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         message = str(exc)
         match = re.search(r"\(at line (\d+), column (\d+)\)", message)
         where = f"line {match[1]}" if match else "syntax"
         detail = re.sub(r"\s*\(at line \d+, column \d+\)", "", message)
         raise ConfigError([f"{path}: {where}: TOML syntax error: {detail}"]) from None
+
+
+def parse_config(text: str, path: str, read: Callable[[str, bool], bytes] | None = None, *,
+                 mode: int | None = None) -> Config:
+    """Parse and validate config text. ``read(path, secret)`` reads referenced files (default: the file rule).
+
+    ``mode``: the config file's permission bits; a config holding ``skey`` must be readable by its owner only.
+    """
+    read = read or (lambda p, secret: files.read_checked(p, secret=secret))
+    problems = _Problems(path)
+    data = load_toml(text, path)
 
     sections: dict[str, dict[str, Any]] = {}
     for name, value in data.items():
@@ -375,6 +384,9 @@ def parse_config(text: str, path: str, read: Callable[[str, bool], bytes] | None
             sections[name] = value
     if "duo" not in sections and "duo" not in data:
         problems.add("duo", "required section is missing")
+    if mode is not None and mode & 0o077 and "skey" in sections.get("duo", {}):
+        problems.add("duo.skey", f"the file is mode {mode & 0o7777:04o}: a config holding the secret key must be "
+                                 "mode 0600 (or move the key to duo.skey_file and make the config 0640)")
 
     duo = _parse_duo(problems, sections.get("duo", {}), read)
     auth = _parse_auth(problems, sections.get("auth", {}))
@@ -411,17 +423,25 @@ def _parse_remember(problems: _Problems, raw: dict[str, Any]) -> RememberSetting
     return RememberSettings(seconds=seconds, services_without_address=tuple(services), state_dir=state_dir)
 
 
-def load_config(path: str = DEFAULT_PATH) -> Config:
-    """Read the config file under the file rule (it may hold skey, so it must not be readable by others)."""
+def read_config_text(path: str, **rule: bool) -> tuple[str, os.stat_result]:
+    """A config file's text and status, read under the file rule (``rule``: see :func:`files.read_checked_stat`)."""
     try:
-        raw = files.read_checked(path, secret=True)
+        raw, st = files.read_checked_stat(path, **rule)
     except FileRuleError as exc:
         raise ConfigError([f"{exc.path}: {exc.reason}"]) from None
     try:
-        text = raw.decode("utf-8")
+        return raw.decode("utf-8"), st
     except UnicodeDecodeError:
         raise ConfigError([f"{path}: not valid UTF-8"]) from None
-    config = parse_config(text, path)
+
+
+def load_config(path: str = DEFAULT_PATH, read: Callable[[str, bool], bytes] | None = None) -> Config:
+    """Read the config file under the file rule: never readable by others, and 0600 when it holds skey.
+
+    ``read`` reads the files the config names, as for :func:`parse_config`.
+    """
+    text, st = read_config_text(path, private=True)
+    config = parse_config(text, path, read, mode=st.st_mode)
     if config.log.audit_file:
         # The audit file is written as root: the file rule applies to it like to any other file,
         # and a violation is a configuration error (SPEC §4), not a line in the log.

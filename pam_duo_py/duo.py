@@ -11,8 +11,10 @@ this module adds, by overriding its connection and request hooks:
   that deadline;
 * one keep-alive connection per login (one TCP connection, one TLS handshake)
   with ``TCP_NODELAY``;
-* HTTP 429 is retried only while the wait (``Retry-After`` when given) fits
-  into the call's deadline, instead of duo-client's fixed 63 s loop;
+* HTTP 429 is retried only while the wait fits into the call's deadline:
+  ``Retry-After`` or ``X-Retry-After`` (Duo's own mock server sends the
+  latter) when given, else 1, 2, 4 ... s, instead of duo-client's fixed 63 s
+  loop that ignores both headers;
 * every low-level failure is mapped, here and only here, to the exception tree
   of :mod:`pam_duo_py.errors`.
 """
@@ -34,6 +36,7 @@ from .errors import (
     DuoCredentialsRejected,
     DuoError,
     DuoMalformedReply,
+    DuoUnknownAnswer,
     DuoRateLimited,
     DuoRefused,
     DuoTimeout,
@@ -41,7 +44,7 @@ from .errors import (
 )
 
 Clock = Callable[[], float]
-MAX_RATE_LIMIT_RETRIES = 3
+MAX_RATE_LIMIT_RETRIES = 6  # as duo_unix; the call's deadline usually ends the waits first
 
 
 class DuoApi(Protocol):
@@ -307,7 +310,8 @@ def _make_auth_class() -> type:
                 response, data = self._send(method, uri, body, headers)
                 if response.status != 429:
                     return response, data
-                wait = retry_after_seconds(response.getheader("Retry-After"), time.time())
+                wait = retry_after_seconds(response.getheader("Retry-After")
+                                           or response.getheader("X-Retry-After"), time.time())
                 if wait is None:
                     wait = backoff
                     backoff *= 2
@@ -340,6 +344,28 @@ def _describe(exc: BaseException) -> str:
     return type(exc).__name__
 
 
+def error_kind(exc: DuoError, *, long_poll: bool = False) -> str:
+    """The kind of a failed call, as the metrics count it.
+
+    ``unreachable`` (network, TLS, timeout), ``401``, ``429``, ``4xx``, ``5xx``, ``malformed``,
+    ``unknown_answer`` (a well-formed reply with a ``result`` we do not know);
+    ``poll_timeout`` when a long poll ran into the bound its caller set (the push was not
+    answered in time: not a Duo error).
+    """
+    if isinstance(exc, DuoTimeout) and long_poll:
+        return "poll_timeout"
+    if isinstance(exc, DuoMalformedReply):
+        return "malformed"
+    if isinstance(exc, DuoUnknownAnswer):
+        return "unknown_answer"
+    status = exc.status
+    if isinstance(exc, DuoRefused):
+        return str(status) if status in (401, 429) else "4xx"
+    if status is not None and status >= 500:
+        return "5xx"
+    return "unreachable"
+
+
 class DuoClient:
     """The real :class:`DuoApi`: one instance per login (or per broker worker)."""
 
@@ -351,6 +377,7 @@ class DuoClient:
         self.settings = settings
         self._clock = clock
         self._auth = _AUTH_CLASS(settings, clock, sleep)
+        self.calls: list[tuple[str, float, str | None]] = []  # (endpoint, seconds, error kind): for metrics
 
     @property
     def server_time_offset(self) -> float | None:
@@ -365,8 +392,27 @@ class DuoClient:
         self._auth.close()
 
     def call(self, method: str, path: str, params: dict[str, str], timeout: float | None = None) -> Any:
-        """One API call under one deadline; every failure leaves here as a :class:`DuoError`."""
-        self._auth.deadline = self._clock() + (self.settings.timeout if timeout is None else timeout)
+        """One API call under one deadline; every failure leaves here as a :class:`DuoError`.
+
+        Each call is noted in :attr:`calls` (endpoint, seconds, error kind) for the audit event.
+        """
+        started = self._clock()
+        kind: str | None = None
+        try:
+            return self._call(method, path, params, timeout, started)
+        except DuoError as exc:
+            kind = error_kind(exc, long_poll=timeout is not None)
+            raise
+        finally:
+            self.calls.append((path.rsplit("/", 1)[-1], self._clock() - started, kind))
+
+    def take_calls(self) -> list[tuple[str, float, str | None]]:
+        """The calls noted since the last take (a pooled client serves one login after another)."""
+        calls, self.calls = self.calls, []
+        return calls
+
+    def _call(self, method: str, path: str, params: dict[str, str], timeout: float | None, started: float) -> Any:
+        self._auth.deadline = started + (self.settings.timeout if timeout is None else timeout)
         try:
             return self._auth.json_api_call(method, path, params)
         except RuntimeError as exc:
@@ -391,7 +437,10 @@ class DuoClient:
         code = data.get("code") if isinstance(data, dict) else None
         code = code if isinstance(code, int) and not isinstance(code, bool) else None
         message = data.get("message") if isinstance(data, dict) and isinstance(data.get("message"), str) else ""
+        extra = data.get("message_detail") if isinstance(data, dict) else None
         detail = f"HTTP {status}" + (f" code {code}" if code else "") + (f": {message[:200]}" if message else "")
+        if isinstance(extra, str) and extra:
+            detail += f" ({extra[:200]})"  # Duo names the parameter or header it objects to
         if status == 200 or status is None:
             return DuoMalformedReply(f"malformed reply ({detail})", status=status)
         if status == 401:
@@ -406,10 +455,21 @@ class DuoClient:
             return DuoRefused(detail, code=code, status=status)
         return DuoUnavailable(detail, code=code, status=status)
 
+    def _parsed(self, parse: Callable[..., Any], reply: Any, **options: Any) -> Any:
+        """``parse(reply)``; a reply of the wrong shape (or with a ``result`` we do not know) marks
+        the call that brought it as ``malformed`` (or ``unknown_answer``)."""
+        try:
+            return parse(reply, **options)
+        except (DuoMalformedReply, DuoUnknownAnswer) as exc:
+            if self.calls:
+                kind = "unknown_answer" if isinstance(exc, DuoUnknownAnswer) else "malformed"
+                self.calls[-1] = self.calls[-1][:2] + (kind,)
+            raise
+
     # -- the endpoints a login uses ------------------------------------------------------------
 
     def check(self) -> int:
-        return replies.parse_time(self.call("GET", "/auth/v2/check", {}))
+        return self._parsed(replies.parse_time, self.call("GET", "/auth/v2/check", {}))
 
     def preauth(self, identity: DuoIdentity, *, ipaddr: str | None, hostname: str | None,
                 verified_push: bool) -> replies.Preauth:
@@ -420,7 +480,7 @@ class DuoClient:
             params["hostname"] = hostname
         if verified_push:
             params["client_supports_verified_push"] = "1"
-        return replies.parse_preauth(self.call("POST", "/auth/v2/preauth", params))
+        return self._parsed(replies.parse_preauth, self.call("POST", "/auth/v2/preauth", params))
 
     def auth(self, identity: DuoIdentity, factor: str, params: dict[str, str]) -> dict[str, Any]:
         body = identity.params()
@@ -434,4 +494,4 @@ class DuoClient:
     def auth_status(self, txid: str, timeout: float) -> replies.AuthResult:
         """Duo long-polls this call until the transaction changes; ``timeout`` bounds the wait."""
         reply = self.call("GET", "/auth/v2/auth_status", {"txid": txid}, timeout=timeout)
-        return replies.parse_auth_result(reply, allow_waiting=True)
+        return self._parsed(replies.parse_auth_result, reply, allow_waiting=True)

@@ -7,6 +7,7 @@ every branch is tested with fakes.
 from __future__ import annotations
 
 import enum
+import re
 import time
 import urllib.parse
 from typing import Callable, Protocol
@@ -15,7 +16,7 @@ from .record import Record
 from .answers import Choice, Menu, Refusal, build_menu, parse_answer
 from .config import AuthSettings, DuoIdentity
 from .duo import DuoApi
-from .errors import ConversationError, DuoError, DuoRefused, DuoTimeout, DuoUnavailable
+from .errors import ConversationError, DuoError, DuoRefused, DuoTimeout, DuoUnavailable, DuoUnknownAnswer
 from .replies import AuthResult, Device, Preauth, parse_auth_result, parse_auth_started
 from .hosts import holds_info_messages
 from .text import for_display
@@ -85,9 +86,25 @@ MSG_TOO_MANY = "Too many failed attempts."
 MSG_TIMED_OUT = "The login request was not answered in time."
 MSG_DENIED = "Login request denied."
 MSG_FRAUD = "Login request reported as fraudulent."
+MSG_LOCKED_OUT = "Your Duo account is locked out. Contact your administrator."
+MSG_PUSH_FAILED = "The push could not be delivered to your phone: open Duo Mobile to see and approve the request."
+MSG_ENROLL = "You must enroll in Duo before you can log in."
+MSG_CODE = "Verification code: {}\nEnter this code in Duo Mobile to approve the login."
+STATUS_LINE_LIMIT = 300
+# A Verified Push code inside a waiting reply's status_msg (Duo repeats it there).
+_CODE_IN_TEXT = re.compile(r"(?<![0-9])([0-9]{3,8})(?![0-9])")
 # Under sshd nothing reaches the user between the answer and the end of the wait (FACTS.md),
 # so the menu says beforehand what will happen.
 MSG_SSHD_NOTICE = "(After Duo Push or Phone call, approve the request on your phone: nothing more is shown here until you do.)"
+
+
+class _Shown:
+    """What has been shown during one push or call (each text once)."""
+
+    def __init__(self, code: str | None) -> None:
+        self.code = code
+        self.texts: set[str] = set()
+        self.hinted = False
 
 
 class _Stop(Exception):
@@ -121,6 +138,9 @@ class Engine:
                 return Outcome(Result.SUCCESS, "failsafe", f"Duo unreachable at preauth: {exc}")
             self.ui.alert(MSG_UNAVAILABLE)
             return Outcome(Result.AUTHINFO_UNAVAIL, "failure", f"Failsecure: Duo unreachable at preauth: {exc}")
+        except DuoUnknownAnswer as exc:
+            self.ui.alert(MSG_UNAVAILABLE)
+            return Outcome(Result.AUTHINFO_UNAVAIL, "error", f"Duo answered preauth with {exc}")
         except DuoRefused as exc:
             self.ui.alert(MSG_UNAVAILABLE)
             return Outcome(Result.AUTHINFO_UNAVAIL, "error", f"Duo refused preauth: {exc}")
@@ -136,9 +156,10 @@ class Engine:
             self.ui.alert(for_display(pre.status_msg) or "Login denied by Duo.")
             return Outcome(Result.AUTH_ERR, "failure", f"denied at preauth: {pre.status_msg}", duo_status="deny")
         if pre.result == "enroll":
-            url = for_display(pre.enroll_portal_url or "", limit=500)
-            self.ui.alert(f"You must enroll in Duo before you can log in. Enroll at: {url}")
+            url = for_display(pre.enroll_portal_url or "", limit=500).replace("\n", " ").strip()
+            self.ui.alert(f"{MSG_ENROLL} Enroll at: {url}" if url else f"{MSG_ENROLL} Contact your administrator.")
             return Outcome(Result.AUTH_ERR, "failure", "enrollment required", duo_status="enroll")
+        self._pushes = 0
         try:
             return self._second_factor(login, pre)
         except _Stop as stop:
@@ -162,7 +183,9 @@ class Engine:
                 self.remember.record(key)
             if self.devices and outcome.device:
                 self.devices.set(login.user, outcome.device)
-        elif self.remember and (outcome.duo_status == "fraud" or outcome.reason == "push denied by the user"):
+        elif self.remember and (outcome.duo_status in ("fraud", "locked_out")
+                                or (outcome.duo_status == "deny" and outcome.factor == "push")):
+            # A timed-out push (nobody answered) keeps remembered logins; a refusal does not.
             self.remember.forget_user(login.user)
         return outcome
 
@@ -219,7 +242,13 @@ class Engine:
             if isinstance(choice, Choice) and choice.factor == "sms":
                 if sms_sent < self.settings.prompts:
                     sms_sent += 1
-                    self._send_sms(login, choice.device)
+                    answered = self._send_sms(login, choice.device)
+                    if answered is None:
+                        continue
+                    attempts += 1
+                    last = answered
+                    if last.result is Result.SUCCESS or last.outcome == "final":
+                        return self._finish(last, final=True)
                     continue
                 # SMS is sent synchronously only; past the cap it is refused, not started as an async auth.
                 choice = Refusal("No more SMS passcodes can be sent now: enter a passcode you received.")
@@ -272,11 +301,15 @@ class Engine:
             params["hostname"] = login.hostname
         return params
 
-    def _send_sms(self, login: Login, device: Device | None) -> None:
+    def _send_sms(self, login: Login, device: Device | None) -> Outcome | None:
+        """Ask Duo for SMS passcodes: None when sent (not an attempt), else Duo's verdict."""
         params = self._common_params(login)
         params.update({"device": device.device if device else "auto", "async": "0"})
         reply = parse_auth_result(self.duo.auth(login.identity, "sms", params), allow_waiting=False)
-        self.ui.show(for_display(reply.status_msg) or "New SMS passcodes sent.")
+        if reply.result == "deny" and reply.status == "sent":
+            self.ui.show(for_display(reply.status_msg, limit=STATUS_LINE_LIMIT) or "New SMS passcodes sent.")
+            return None
+        return self._judge("sms", reply, txid=None, device=device.device if device else None)
 
     def _attempt(self, login: Login, pre: Preauth, choice: Choice) -> Outcome:
         """One factor. Returns SUCCESS, or an outcome marked ``retry`` (may prompt again) or ``final``."""
@@ -284,44 +317,107 @@ class Engine:
         if choice.factor == "passcode":
             params.update({"passcode": choice.passcode or "", "async": "0"})
             reply = parse_auth_result(self.duo.auth(login.identity, "passcode", params), allow_waiting=False)
-            if reply.result == "allow":
-                return Outcome(Result.SUCCESS, "success", "passcode accepted", factor="passcode")
-            self.ui.show(for_display(reply.status_msg) or "Invalid passcode, please try again.")
-            return Outcome(Result.AUTH_ERR, "retry", f"passcode refused ({reply.status or 'deny'})", factor="passcode",
-                           duo_status=reply.status)
+            return self._judge("passcode", reply, txid=None, device=None)
 
         assert choice.device is not None
         params.update({"device": choice.device.device, "async": "1"})
+        code = None
         if choice.factor == "push":
-            params["type"] = "Login request"
+            # No custom "type": Duo Mobile shows its own wording.
             pushinfo = self._pushinfo(login)
             if pushinfo:
                 params["pushinfo"] = pushinfo
-            if self.settings.verified_push and pre.txid:
-                params["txid"] = pre.txid
+            if self.settings.verified_push:
+                txid, code = self._verified_push(login, pre)
+                if txid:
+                    params["txid"] = txid
+            self._pushes += 1
         started = parse_auth_started(self.duo.auth(login.identity, choice.factor, params))
-        if started.verification_code:
-            self.ui.alert(f"Verification code: {for_display(started.verification_code, limit=16)}\n"
-                          "Enter this code in Duo Mobile to approve the login.")
-        self.ui.show(MSG_PUSHED if choice.factor == "push" else MSG_CALLING)
-        reply = self._wait(started.txid)
-        base = dict(factor=choice.factor, txid=started.txid, duo_status=reply.status, device=choice.device.device)
-        if reply.result == "allow":
-            return Outcome(Result.SUCCESS, "success", f"{choice.factor} approved", **base)
-        if reply.result == "waiting":
-            self.ui.show(MSG_TIMED_OUT)
-            return Outcome(Result.AUTH_ERR, "retry", f"{choice.factor} not answered in time", **base)
-        if reply.status == "fraud":
-            self.ui.alert(MSG_FRAUD)
-            return Outcome(Result.AUTH_ERR, "final", f"{choice.factor} reported as fraud", **base)
-        if choice.factor == "push":
-            self.ui.alert(for_display(reply.status_msg) or MSG_DENIED)
-            return Outcome(Result.AUTH_ERR, "final", "push denied by the user", **base)
-        self.ui.show(for_display(reply.status_msg) or MSG_DENIED)
-        return Outcome(Result.AUTH_ERR, "retry", f"{choice.factor} denied", **base)
+        shown = _Shown(code or started.verification_code)
+        if shown.code:
+            self._show_code(shown.code)
+        first = MSG_PUSHED if choice.factor == "push" else MSG_CALLING
+        shown.texts.add(first)
+        self.ui.show(first)
+        reply = self._wait(started.txid, lambda waiting: self._waiting(login, waiting, shown))
+        return self._judge(choice.factor, reply, txid=started.txid, device=choice.device.device)
 
-    def _wait(self, txid: str) -> AuthResult:
-        """Long-poll ``auth_status`` until the transaction resolves or ``push_timeout`` passes."""
+    def _verified_push(self, login: Login, pre: Preauth) -> tuple[str | None, str | None]:
+        """The txid and code for this push: the preauth's for the first push, a new preauth's after that."""
+        if self._pushes == 0:
+            return pre.txid, pre.verification_code
+        fresh = self.duo.preauth(login.identity, ipaddr=login.ipaddr, hostname=login.hostname, verified_push=True)
+        if fresh.result != "auth":
+            raise _Stop(Outcome(Result.AUTH_ERR, "failure", f"preauth before another push answered {fresh.result}",
+                                factor="push", duo_status=fresh.result))
+        return fresh.txid, fresh.verification_code
+
+    def _show_code(self, code: str) -> None:
+        self.ui.alert(MSG_CODE.format(for_display(code, limit=16).replace("\n", " ")))
+
+    def _waiting(self, login: Login, reply: AuthResult, shown: _Shown) -> None:
+        """A ``waiting`` reply: the Verified Push code if it comes first here, each new status_msg once."""
+        text = for_display(reply.status_msg, limit=STATUS_LINE_LIMIT).strip()
+        if self.settings.verified_push and text:
+            match = _CODE_IN_TEXT.search(text)
+            if match and shown.code is None:
+                shown.code = match.group(1)
+                shown.texts.add(text)
+                self._show_code(shown.code)
+                return
+            if shown.code and shown.code in text:
+                shown.texts.add(text)  # the code, repeated: already on the screen
+        if not login.interactive:
+            return
+        if text and text not in shown.texts:
+            shown.texts.add(text)
+            self.ui.show(text)
+        if reply.status == "push_failed" and not shown.hinted:
+            shown.hinted = True
+            self.ui.show(MSG_PUSH_FAILED)
+
+    def _judge(self, factor: str, reply: AuthResult, *, txid: str | None, device: str | None) -> Outcome:
+        """Duo's verdict on one factor, from ``result`` and ``status`` together."""
+        status = reply.status or reply.result
+        base = dict(factor=factor, txid=txid, duo_status=status, device=device)
+        message = for_display(reply.status_msg, limit=STATUS_LINE_LIMIT)
+        if reply.result == "allow":
+            if status == "bypass":
+                base["factor"] = "bypass"
+                return Outcome(Result.SUCCESS, "success", "Duo bypass: the user is in bypass mode", **base)
+            return Outcome(Result.SUCCESS, "success",
+                           "passcode accepted" if factor == "passcode" else f"{factor} approved", **base)
+        if reply.result == "waiting":  # our own push_timeout passed
+            base["duo_status"] = None
+            self.ui.show(MSG_TIMED_OUT)
+            return Outcome(Result.AUTH_ERR, "retry", f"{factor} not answered in time (push_timeout)", **base)
+        if reply.result != "deny":
+            return Outcome(Result.AUTH_ERR, "final", f"unknown Duo result {reply.result[:40]!r}", **base)
+        if status == "fraud":
+            self.ui.alert(MSG_FRAUD)
+            return Outcome(Result.AUTH_ERR, "final", f"{factor} reported as fraud", **base)
+        if status == "locked_out":
+            self.ui.alert(message or MSG_LOCKED_OUT)
+            return Outcome(Result.AUTH_ERR, "final", "locked out by Duo (status locked_out)", **base)
+        if status == "timeout":
+            self.ui.show(MSG_TIMED_OUT)
+            return Outcome(Result.AUTH_ERR, "retry", f"{factor} timed out: nobody answered (Duo status timeout)",
+                           **base)
+        if status == "deny" and factor == "push":
+            self.ui.alert(message or MSG_DENIED)
+            return Outcome(Result.AUTH_ERR, "final", "push denied by the user", **base)
+        if factor == "passcode":
+            self.ui.show(message or "Invalid passcode, please try again.")
+            return Outcome(Result.AUTH_ERR, "retry", f"passcode refused (status {status[:40]})", **base)
+        self.ui.show(message or MSG_DENIED)
+        return Outcome(Result.AUTH_ERR, "retry", f"{factor} refused by Duo (status {status[:40]})", **base)
+
+    def _wait(self, txid: str, on_waiting: Callable[[AuthResult], None]) -> AuthResult:
+        """Long-poll ``auth_status`` until the transaction resolves or ``push_timeout`` passes.
+
+        ``push_timeout`` only guards against a Duo that never answers: Duo itself ends an
+        unanswered push after about 60 s with ``deny``/``timeout``.
+        """
         deadline = self.clock() + self.settings.push_timeout
         while True:
             left = deadline - self.clock()
@@ -336,6 +432,7 @@ class Engine:
                 raise
             if reply.result != "waiting":
                 return reply
+            on_waiting(reply)
             if self.clock() - started < 0.2:
                 # Duo answers at once when the status changes (pushed, answered...); pace such
                 # replies so that a server that never long-polls cannot make us spin.

@@ -8,7 +8,8 @@ failmode rule by class alone:
   timeout, 5xx, a malformed or unknown reply). Only this, and only at
   preauth, is subject to ``failmode``.
 * :class:`DuoRefused` -- Duo answered, and the answer was an error (401, 429
-  after our wait, other 4xx). Never fails open.
+  after our wait, other 4xx), or a well-formed reply whose ``result`` we do not
+  know (:class:`DuoUnknownAnswer`). Never fails open.
 """
 from __future__ import annotations
 
@@ -73,3 +74,7 @@ class DuoCredentialsRejected(DuoRefused):
 
 class DuoRateLimited(DuoRefused):
     """HTTP 429 that did not clear within the call's deadline."""
+
+
+class DuoUnknownAnswer(DuoRefused):
+    """A well-formed Duo reply whose ``result`` we do not know: Duo answered, we cannot act on it."""

@@ -7,9 +7,16 @@ Audit file format (JSON lines, one object per decision, UTF-8, append-only):
 "tty": "ssh", "factor": "push", "txid": "...", "reason": "push approved",
 "host": "server1", "pid": 1234}``
 
+When Duo was asked, the event also holds ``duo_calls``, one ``[endpoint, seconds, error kind
+or null]`` per API call (kinds in :func:`pam_duo_py.duo.error_kind`), and ``clock_offset``,
+Duo's clock minus ours in seconds from the last reply's ``Date`` header (``pam-duo-py metrics``
+reads both).
+
 ``outcome`` is one of ``success``, ``failure``, ``failsafe``, ``exempt``,
-``preauth_allow``, ``error``. Fields that are unknown are ``null``. No
-event ever holds the skey or a passcode.
+``preauth_allow``, ``error`` for a login decision (:data:`OUTCOMES`), or ``admin``
+for an administrator's action through the Admin API (:data:`ADMIN_OUTCOMES`: not a
+login; readers that count logins skip it). Fields that are unknown are ``null``. No
+event ever holds the skey, a passcode or a bypass code.
 """
 from __future__ import annotations
 
@@ -21,17 +28,20 @@ from typing import Any
 
 from . import files
 from .errors import FileRuleError
+from .paths import JOURNAL_SOCKET
 from .logline import LOG_DEBUG, LOG_ERR, LOG_INFO, LOG_WARNING, send_syslog  # noqa: F401
 from .text import for_log
 
 OUTCOMES = ("success", "failure", "failsafe", "exempt", "preauth_allow", "error")
+ADMIN_OUTCOMES = ("admin",)
+CLAIMED = " (claimed)"  # after an address that an unprivileged broker client reported
 FIELDS = ("outcome", "user", "duo_user", "service", "rhost", "tty", "factor", "txid", "reason")
 
 
 
 def event(outcome: str, **fields: Any) -> dict[str, Any]:
     """A decision event with every field present (unknown ones None)."""
-    assert outcome in OUTCOMES, outcome
+    assert outcome in OUTCOMES or outcome in ADMIN_OUTCOMES, outcome
     now = time.time()
     record: dict[str, Any] = {"v": 1, "ts": datetime.fromtimestamp(now, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z",
                               "time": round(now, 3)}
@@ -54,12 +64,19 @@ def _who(record: dict[str, Any]) -> str:
     return f"'{for_log(record.get('duo_user') or record.get('user'), 100)}'"
 
 
+def _address(rhost: Any) -> str:
+    """The remote address for a log line, capped; the claimed marker is kept outside the cap."""
+    if isinstance(rhost, str) and rhost.endswith(CLAIMED):
+        return for_log(rhost[: -len(CLAIMED)], 64) + CLAIMED
+    return for_log(rhost, 64)
+
+
 def syslog_line(record: dict[str, Any]) -> tuple[int, str]:
     """(priority, text) of the syslog line for an event, in duo_unix's wording where one exists."""
     outcome = record["outcome"]
     reason = record.get("reason") or ""
     who = _who(record)
-    where = f" from {for_log(record['rhost'], 64)}" if record.get("rhost") else ""
+    where = f" from {_address(record['rhost'])}" if record.get("rhost") else ""
     if outcome == "success":
         priority, text = LOG_INFO, f"Successful Duo login for {who}{where}"
     elif outcome == "preauth_allow":
@@ -68,6 +85,8 @@ def syslog_line(record: dict[str, Any]) -> tuple[int, str]:
         priority, text = LOG_WARNING, f"Failsafe Duo login for {who}{where}: {for_log(reason)}"
     elif outcome == "exempt":
         priority, text = LOG_INFO, f"User {for_log(record.get('user'), 100)} bypassed Duo 2FA due to user's UNIX group"
+    elif outcome == "admin":
+        priority, text = LOG_INFO, f"Duo admin action for {who}: {for_log(reason, 500)}"
     elif outcome == "failure":
         if reason.startswith("Failsecure"):
             priority, text = LOG_WARNING, f"Failsecure Duo login for {who}{where}: {for_log(reason)}"
@@ -95,20 +114,32 @@ def append_audit(path: str, record: dict[str, Any]) -> None:
 
 
 class EventSink:
-    """Where decision events go: syslog always, the audit file when configured."""
+    """Where decision events go: journald with structured fields where it runs, else
+    syslog (one line either way: journald passes its entries on to syslog); the audit file
+    when configured."""
 
-    def __init__(self, audit_file: str | None = None, *, debug: bool = False) -> None:
+    def __init__(self, audit_file: str | None = None, *, debug: bool = False,
+                 journal_socket: str = JOURNAL_SOCKET) -> None:
         self.audit_file = audit_file
         self.debug_enabled = debug
+        self.journal_socket = journal_socket
 
     def emit(self, record: dict[str, Any]) -> None:
         priority, text = syslog_line(record)
-        send_syslog(priority, text)
+        if not self._to_journal(record, priority, text):
+            send_syslog(priority, text)
         if self.audit_file:
             try:
                 append_audit(self.audit_file, record)
             except (FileRuleError, OSError) as exc:
                 send_syslog(LOG_ERR, f"cannot write audit file: {for_log(str(exc), 300)}")
+
+    def _to_journal(self, record: dict[str, Any], priority: int, text: str) -> bool:
+        if not os.path.exists(self.journal_socket):
+            return False
+        from . import journal
+
+        return journal.send(journal.entry(record, priority, text), self.journal_socket)
 
     def error(self, text: str) -> None:
         send_syslog(LOG_ERR, for_log(text, 2000))

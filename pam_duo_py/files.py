@@ -71,7 +71,7 @@ def check_directories(path: str) -> None:
         current = os.path.dirname(current)
 
 
-def _check_fd(path: str, fd: int, *, secret: bool) -> os.stat_result:
+def _check_fd(path: str, fd: int, *, secret: bool, private: bool = False) -> os.stat_result:
     st = os.fstat(fd)
     if not stat.S_ISREG(st.st_mode):
         raise FileRuleError(path, "not a regular file")
@@ -81,6 +81,8 @@ def _check_fd(path: str, fd: int, *, secret: bool) -> os.stat_result:
         raise FileRuleError(path, f"mode {stat.S_IMODE(st.st_mode):04o} is writable by group or others")
     if secret and st.st_mode & (stat.S_IRWXO | stat.S_IRGRP | stat.S_IWGRP | stat.S_IXGRP):
         raise FileRuleError(path, f"mode {stat.S_IMODE(st.st_mode):04o}: a file holding a secret key must be mode 0600")
+    if private and st.st_mode & stat.S_IRWXO:
+        raise FileRuleError(path, f"mode {stat.S_IMODE(st.st_mode):04o} is readable by others (0640 at most)")
     return st
 
 
@@ -96,16 +98,21 @@ def _open_error(path: str, exc: OSError) -> FileRuleError:
 
 def read_checked(path: str, *, secret: bool = False) -> bytes:
     """Read a whole file after checking it and its directories. ``secret``: must not be readable by others."""
+    return read_checked_stat(path, secret=secret)[0]
+
+
+def read_checked_stat(path: str, *, secret: bool = False, private: bool = False) -> tuple[bytes, os.stat_result]:
+    """:func:`read_checked`, also returning the file's status. ``private``: others may not read it (group may)."""
     check_directories(path)
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
     except OSError as exc:
         raise _open_error(path, exc) from None
     try:
-        st = _check_fd(path, fd, secret=secret)
+        st = _check_fd(path, fd, secret=secret, private=private)
         if st.st_size > MAX_SIZE:
             raise FileRuleError(path, f"larger than {MAX_SIZE} bytes")
-        return read_all(fd)
+        return read_all(fd), st
     finally:
         os.close(fd)
 
@@ -156,14 +163,64 @@ def open_append_checked(path: str) -> int:
 
 
 def write_atomic(path: str, data: bytes) -> None:
-    """Replace a state file atomically (0600), after checking its directory."""
+    """Replace a state file atomically (0600), after checking its directory.
+
+    The data goes to a new temporary file in the same directory (a random name
+    created with ``O_EXCL``, as ``tempfile.mkstemp`` does, without importing
+    tempfile on the login path), written whole (a short write is continued),
+    fsynced and renamed over ``path``. On any failure the temporary file is
+    removed, so a full disk leaves nothing behind and later writes still work.
+    """
     check_directories(path)
-    directory = os.path.dirname(path)
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    directory, name = os.path.split(path)
+    fd, tmp = _create_temporary(directory, name)
     try:
-        os.write(fd, data)
+        try:
+            _write_whole(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    _sync_directory(directory)
+
+
+def _create_temporary(directory: str, name: str) -> tuple[int, str]:
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    for _ in range(100):
+        tmp = os.path.join(directory, f".{name}.{os.urandom(6).hex()}.tmp")
+        try:
+            return os.open(tmp, flags, 0o600), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary name for {name} in {directory}")
+
+
+def _write_whole(fd: int, data: bytes) -> None:
+    import errno
+
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        if written <= 0:
+            raise OSError(errno.EIO, "the write made no progress")
+        view = view[written:]
+
+
+def _sync_directory(directory: str) -> None:
+    """Make the rename durable; a directory that cannot be synced is not an error."""
+    try:
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return
+    try:
         os.fsync(fd)
+    except OSError:
+        pass
     finally:
         os.close(fd)
-    os.replace(tmp, path)

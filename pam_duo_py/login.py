@@ -13,7 +13,7 @@ from . import users
 from .config import Config, DuoSettings
 from .engine import Engine, Login, Outcome, Prompter, Result
 from .errors import UserLookupError
-from .events import EventSink, event
+from .events import CLAIMED, EventSink, event
 
 
 class LoginRequest(Record, hidden=("password", "env_passcode",)):
@@ -53,7 +53,7 @@ def _default_duo(settings: DuoSettings):  # type: ignore[no-untyped-def]
 def authenticate(config: Config, request: LoginRequest, ui: Prompter, *, sink: EventSink,
                  duo_factory: Callable = _default_duo, hostname: str | None = None) -> Outcome:
     """Decide one login and log the decision. Never raises for expected failures."""
-    shown_rhost = request.rhost if request.trusted_address or not request.rhost else f"{request.rhost} (claimed)"
+    shown_rhost = request.rhost if request.trusted_address or not request.rhost else request.rhost + CLAIMED
     base = {"user": request.user, "service": request.service, "rhost": shown_rhost, "tty": request.tty}
     try:
         target = users.lookup(request.user)
@@ -67,17 +67,15 @@ def authenticate(config: Config, request: LoginRequest, ui: Prompter, *, sink: E
         return outcome
     base["user"] = person.name
 
-    if config.users.groups:
-        try:
-            required = config.users.requires_duo(users.group_names(person))
-        except UserLookupError as exc:
-            sink.emit(event("error", reason=str(exc), **base))
-            return Outcome(Result.SERVICE_ERR, "error", str(exc))
-        if not required:
-            sink.emit(event("exempt", reason="not in users.groups", **base))
-            return Outcome(Result.IGNORE, "exempt", "not in users.groups")
+    try:
+        identity = users.duo_identity_for(config.users, person)
+    except UserLookupError as exc:
+        sink.emit(event("error", reason=str(exc), **base))
+        return Outcome(Result.SERVICE_ERR, "error", str(exc))
+    if identity is None:
+        sink.emit(event("exempt", reason="not in users.groups", **base))
+        return Outcome(Result.IGNORE, "exempt", "not in users.groups")
 
-    identity = config.users.duo_identity(person.name)
     login = Login(
         user=person.name,
         identity=identity,
@@ -97,14 +95,29 @@ def authenticate(config: Config, request: LoginRequest, ui: Prompter, *, sink: E
 
         if config.remember.seconds > 0:
             remember = Remember(config.remember.state_dir, config.remember.seconds,
-                                config.remember.services_without_address, on_problem=sink.error)
+                                config.remember.services_without_address, on_problem=sink.error,
+                                caller_uid=request.caller_uid)
         if config.auth.preferred_device:
             devices = PreferredDevices(config.remember.state_dir, on_problem=sink.error)
     duo = duo_factory(config.duo)
     try:
         outcome = Engine(config.auth, duo, ui, remember=remember, devices=devices).run(login)
     finally:
+        facts = _duo_facts(duo)  # before close(): a pooled client goes back to serve other logins
         duo.close()
     sink.emit(event(outcome.outcome, duo_user=str(identity), factor=outcome.factor, txid=outcome.txid,
-                    reason=outcome.reason, duo_status=outcome.duo_status, **base))
+                    reason=outcome.reason, duo_status=outcome.duo_status, **facts, **base))
     return outcome
+
+
+def _duo_facts(duo: object) -> dict:
+    """What the Duo client measured during this login, for the metrics: the calls and the clock offset."""
+    take = getattr(duo, "take_calls", None)
+    calls = take() if callable(take) else None
+    if not isinstance(calls, list) or not calls:
+        return {}
+    facts: dict = {"duo_calls": [[endpoint, round(seconds, 4), kind] for endpoint, seconds, kind in calls]}
+    offset = getattr(duo, "server_time_offset", None)
+    if isinstance(offset, (int, float)) and not isinstance(offset, bool):
+        facts["clock_offset"] = round(offset, 3)
+    return facts

@@ -186,12 +186,14 @@ _RESULT_NAMES = {"SUCCESS", "AUTH_ERR", "MAXTRIES", "IGNORE", "USER_UNKNOWN", "C
 
 
 def _via_broker(socket_path: str, conf: str, fields: dict, ui: PamPrompter) -> str | None:
-    """Hand the login to the broker. None: the broker is not there, so decide in-process.
+    """Hand the login to the broker. None: the broker did not take it, so decide in-process.
 
-    Once the broker has the request, a broken connection is a refusal, never a
-    second try in-process (a push may already be on its way).
+    Until the broker accepts the login (within 2 s: a stopped or overloaded broker
+    does not), or when it answers "busy", nothing has gone to Duo and the login is
+    decided here. Once accepted, a broken connection is a refusal, never a second
+    try in-process (a push may already be on its way).
     """
-    from .broker import OTHER_CONFIG, ProtocolError, connect, converse
+    from .broker import BUSY, OTHER_CONFIG, NotAccepted, ProtocolError, connect, converse
 
     try:
         sock = connect(socket_path)
@@ -200,11 +202,13 @@ def _via_broker(socket_path: str, conf: str, fields: dict, ui: PamPrompter) -> s
     try:
         with sock:
             result, message = converse(sock, dict(fields, config=os.path.abspath(conf), caller_uid=os.getuid()), ui)
+    except NotAccepted:
+        return None
     except (ProtocolError, OSError):
         send_syslog(LOG_ERR, "lost the broker during a login; refused")
         return "AUTH_ERR"
-    if result == "SERVICE_ERR" and message == OTHER_CONFIG:
-        return None  # the broker serves another config: decide here, with ours (nothing was sent to Duo)
+    if result == BUSY or (result == "SERVICE_ERR" and message == OTHER_CONFIG):
+        return None  # busy, or it serves another config: decide here, with ours (nothing was sent to Duo)
     return result if result in _RESULT_NAMES else "AUTH_ERR"
 
 

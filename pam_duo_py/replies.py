@@ -1,14 +1,16 @@
 """Duo Auth API v2 replies, checked and turned into small typed objects.
 
 Anything that does not have the documented shape raises
-:class:`DuoMalformedReply`, which at preauth counts as "Duo unreachable".
+:class:`DuoMalformedReply`, which at preauth counts as "Duo unreachable". A
+reply that has the shape but a ``result`` we do not know raises
+:class:`DuoUnknownAnswer`: Duo did answer, so that never fails open.
 """
 from __future__ import annotations
 
 from typing import Any
 
 from .record import Record
-from .errors import DuoMalformedReply
+from .errors import DuoMalformedReply, DuoUnknownAnswer
 
 CAPABILITIES = ("push", "phone", "sms", "mobile_otp")
 
@@ -26,7 +28,8 @@ class Preauth(Record):
     status_msg: str
     devices: tuple[Device, ...] = ()
     enroll_portal_url: str | None = None
-    txid: str | None = None
+    txid: str | None = None  # Verified Push: send with the first push of this login
+    verification_code: str | None = None  # Verified Push: the code to show for that push
 
 
 class AuthStarted(Record):
@@ -82,22 +85,32 @@ def parse_device(raw: Any) -> Device | None:
     )
 
 
+def _result(reply: dict[str, Any], known: tuple[str, ...], what: str) -> str:
+    result = _str(reply, "result", limit=200)
+    if result not in known:
+        raise DuoUnknownAnswer(f"unknown {what} result {result[:40]!r}")
+    return result
+
+
 def parse_preauth(reply: Any) -> Preauth:
     reply = _object(reply)
-    result = _str(reply, "result")
-    if result not in ("allow", "deny", "enroll", "auth"):
-        raise DuoMalformedReply(f"unknown preauth result {result[:40]!r}")
-    status_msg = _str(reply, "status_msg", required=result != "auth") or ""
+    result = _result(reply, ("allow", "deny", "enroll", "auth"), "preauth")
+    status_msg = _str(reply, "status_msg", required=False) or ""
     if result == "enroll":
-        url = _str(reply, "enroll_portal_url")
-        return Preauth(result, status_msg, enroll_portal_url=url)
+        return Preauth(result, status_msg, enroll_portal_url=_str(reply, "enroll_portal_url", required=False))
     if result != "auth":
         return Preauth(result, status_msg)
     devices = reply.get("devices")
     if not isinstance(devices, list):
         raise DuoMalformedReply("preauth reply has no 'devices' list")
     parsed = tuple(d for d in (parse_device(raw) for raw in devices[:50]) if d is not None)
-    return Preauth(result, status_msg, devices=parsed, txid=_str(reply, "txid", required=False, limit=128))
+    return Preauth(result, status_msg, devices=parsed, txid=_str(reply, "txid", required=False, limit=128),
+                   verification_code=_code(reply))
+
+
+def _code(reply: dict[str, Any]) -> str | None:
+    """A Verified Push code (preauth or async ``/auth`` reply), or None."""
+    return _str(reply, "verification_code", required=False, limit=16) or None
 
 
 def parse_auth_started(reply: Any) -> AuthStarted:
@@ -105,16 +118,12 @@ def parse_auth_started(reply: Any) -> AuthStarted:
     txid = _str(reply, "txid", limit=256)
     if not txid or len(txid) > 128:
         raise DuoMalformedReply("auth reply has no valid 'txid'")
-    code = _str(reply, "verification_code", required=False, limit=16)
-    return AuthStarted(txid=txid, verification_code=code)
+    return AuthStarted(txid=txid, verification_code=_code(reply))
 
 
 def parse_auth_result(reply: Any, *, allow_waiting: bool) -> AuthResult:
     reply = _object(reply)
-    result = _str(reply, "result")
-    allowed = ("allow", "deny", "waiting") if allow_waiting else ("allow", "deny")
-    if result not in allowed:
-        raise DuoMalformedReply(f"unknown auth result {result[:40]!r}")
+    result = _result(reply, ("allow", "deny", "waiting") if allow_waiting else ("allow", "deny"), "auth")
     status = _str(reply, "status", required=False, limit=64) or ""
     status_msg = _str(reply, "status_msg", required=False) or ""
     return AuthResult(result, status, status_msg)

@@ -500,7 +500,7 @@ class Simulator:
 
     def __init__(self, state_dir: pathlib.Path, port: int = 0, approve_delay: float = 0.2,
                  long_poll: float = 10.0, clock_offset: float = 0.0, tls: str = "good",
-                 check_fault: Optional[str] = None) -> None:
+                 check_fault: Optional[str] = None, admin_fault: Optional[str] = None) -> None:
         if tls not in ("good", "wronghost"):
             raise ValueError("tls must be 'good' or 'wronghost'")
         if check_fault is not None and not _CHECK_FAULT_RE.match(check_fault):
@@ -534,6 +534,9 @@ class Simulator:
         self._timers: List[threading.Timer] = []
         self._fault_counts: Dict[Tuple[str, str], int] = {}
         self._vp_txids: Dict[str, set] = {}
+        from .simulator_admin import AdminApi
+
+        self.admin = AdminApi(self, admin_fault)
 
     # -- lifecycle ----------------------------------------------------------------------
     def start(self) -> None:
@@ -550,6 +553,7 @@ class Simulator:
                    f"host = {json.dumps(f'{self.host}:{self.port}')}\n"
                    f"ca_file = {json.dumps(str(self.ca_file))}\n")
         _write_private(self.config_path, snippet)
+        self.admin.write_snippets(f"{self.host}:{self.port}", str(self.ca_file))
         _write_private(self.state_dir / "port", f"{self.port}\n", 0o644)
         self._log({"event": "start", "port": self.port, "ts": time.time()})
         self._thread = threading.Thread(target=self._server.serve_forever,
@@ -679,6 +683,8 @@ class Simulator:
 
     # -- request handling ---------------------------------------------------------------
     def _route(self, req: _Request) -> _Reply:
+        if req.path.startswith("/admin/"):
+            return self.admin.route(req)
         spec = ENDPOINTS.get(req.path)
         if spec is None:
             return _fail(40400, "Resource not found")
@@ -714,10 +720,12 @@ class Simulator:
         req.factor = factor if isinstance(factor, str) else None
         pushinfo = params.get("pushinfo")
         req.pushinfo = pushinfo if isinstance(pushinfo, str) else None
-        return self._with_faults(user, "auth", lambda: self._auth(req, user, params))
+        return self._with_faults(user, "auth", lambda: self.admin.passcode_reply(params)
+                                 or self._auth(req, user, params))
 
-    def _verify(self, req: _Request) -> Optional[_Reply]:
-        """Check ``Date`` and the v5 signature exactly as Duo does."""
+    def _verify(self, req: _Request, ikey_: Optional[str] = None, skey_: Optional[str] = None) -> Optional[_Reply]:
+        """Check ``Date`` and the v5 signature exactly as Duo does (with the Auth API keys by default)."""
+        own_ikey, own_skey = ikey_ or self.ikey, skey_ or self.skey
         auth = req.headers.get("Authorization")
         if not auth:
             return _fail(40101, "Missing request credentials")
@@ -738,7 +746,7 @@ class Simulator:
             stamp = when.timestamp()
         except (TypeError, ValueError, IndexError, OverflowError):
             return _fail(40104, "Missing request timestamp", "Date")
-        if not hmac.compare_digest(ikey.encode("utf-8"), self.ikey.encode("utf-8")):
+        if not hmac.compare_digest(ikey.encode("utf-8"), own_ikey.encode("utf-8")):
             return _fail(40102, "Invalid integration key in request credentials")
         if abs(stamp - self.now()) > DATE_TOLERANCE:
             return _fail(40105, "Request timestamp too far from server time",
@@ -748,7 +756,7 @@ class Simulator:
         duo_headers = [(k, v) for k, v in req.headers.items() if k.lower().startswith("x-duo-")]
         canonical = canonical_request(date, req.method, host, req.path, req.query, req.body,
                                       duo_headers)
-        expected = hmac.new(self.skey.encode("utf-8"), canonical.encode("utf-8"),
+        expected = hmac.new(own_skey.encode("utf-8"), canonical.encode("utf-8"),
                             hashlib.sha512).hexdigest()
         if not hmac.compare_digest(sig.lower().encode("utf-8"), expected.encode("utf-8")):
             return _fail(40103, "Invalid signature in request credentials")
@@ -916,6 +924,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--tls", choices=("good", "wronghost"), default="good",
                     help="wronghost: serve a certificate for DNS:wrong.example")
     ap.add_argument("--check-fault", metavar="FAULT", help="fault for /auth/v2/check, e.g. 500x1")
+    ap.add_argument("--admin-fault", metavar="FAULT", help="fault for the first Admin API requests, e.g. 429ra1x1")
     args = ap.parse_args(argv)
     state = pathlib.Path(args.state_dir) if args.state_dir else \
         pathlib.Path(tempfile.mkdtemp(prefix="pam-duo-sim-"))
@@ -929,7 +938,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         sim = Simulator(state, port=args.port, approve_delay=args.approve_delay,
                         long_poll=args.long_poll, clock_offset=args.clock_offset,
-                        tls=args.tls, check_fault=args.check_fault)
+                        tls=args.tls, check_fault=args.check_fault, admin_fault=args.admin_fault)
         sim.start()
     except (OSError, RuntimeError, ValueError) as exc:
         print(f"pam-duo-py simulate: {exc}", file=sys.stderr)
@@ -937,6 +946,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         print(f"config: {sim.config_path}", flush=True)
         print(f"listening: https://{sim.host}:{sim.port}", flush=True)
+        print(f"admin config: {sim.admin.config_path}", flush=True)
         while not done.wait(0.5):
             pass
     except BrokenPipeError:

@@ -6,11 +6,17 @@ reported through ``on_problem``: a corrupted file never lets anyone in.
 
 Remembered authentication (opt-in, ``[remember] seconds > 0``): after a
 successful second factor, the same local user from the same remote address
-for the same PAM service skips the factor until the entry expires. Preauth
-still runs every time. The address is one the root caller supplied, parsed
-as an IP (IPv4 exact, IPv6 by /64); logins with no address are remembered
-only for the services listed in ``services_without_address``. Any deny or
-fraud report for a user clears all of that user's entries.
+for the same PAM service (and for su, the same calling uid) skips the factor
+until the entry expires. Preauth still runs every time. The address is one
+the root caller supplied, parsed as an IP (IPv4 exact, IPv6 by /64); logins
+with no address are remembered only for the services listed in
+``services_without_address``. Any deny or fraud report for a user clears all
+of that user's entries.
+
+Every change is a read-modify-write under ``flock`` on ``FILE.lock``. Under su
+and sudo the user owns the login process and can stop it while it holds the
+lock, so the wait is bounded (``LOCK_WAIT``); after it the change is skipped
+and reported, except clearing a user's entries, which is done without the lock.
 """
 from __future__ import annotations
 
@@ -26,6 +32,8 @@ from .errors import FileRuleError
 REMEMBER_FILE = "remember.json"
 DEVICES_FILE = "devices.json"
 MAX_ENTRIES = 10000
+CALLER_SERVICES = ("su", "su-l")  # remembered per calling uid
+LOCK_WAIT = 1.0  # seconds: the longest a login waits for another one's state lock
 
 
 def address_key(ipaddr: str | None) -> str | None:
@@ -51,9 +59,22 @@ class JsonStore:
         self.on_problem = on_problem
         self.max_entries = max_entries
 
-    def locked(self) -> "_Lock":
-        """Serialise read-modify-write cycles between concurrent logins."""
-        return _Lock(self.path + ".lock")
+    def update(self, change: Callable[[dict[str, Any]], dict[str, Any] | None], what: str, *,
+               order: Callable[[Any], float] | None = None, without_lock: bool = False) -> None:
+        """Load, ``change`` (None: nothing to save) and save, under the lock.
+
+        When the lock cannot be had within ``LOCK_WAIT`` the change is skipped and reported;
+        ``without_lock``: it is made anyway (a lost update is better than not making it).
+        """
+        with _Lock(self.path + ".lock") as lock:
+            if lock.problem:
+                if not without_lock:
+                    self.on_problem(f"{what} skipped: {lock.problem}")
+                    return
+                self.on_problem(f"{what} done without the lock: {lock.problem}")
+            entries = change(self.load())
+            if entries is not None:
+                self.save(entries, order)
 
     def load(self) -> dict[str, Any]:
         if not os.path.lexists(self.path):
@@ -85,9 +106,16 @@ class JsonStore:
 
 
 class _Lock:
-    def __init__(self, path: str) -> None:
+    """``flock`` on ``path``, waiting at most ``wait`` seconds; ``problem`` says why it was not taken.
+
+    It polls with ``LOCK_NB``: pam_python allows no signal handlers or threads for a timed wait.
+    """
+
+    def __init__(self, path: str, wait: float | None = None) -> None:
         self.path = path
+        self.wait = LOCK_WAIT if wait is None else wait
         self.fd: int | None = None
+        self.problem = ""
 
     def __enter__(self) -> "_Lock":
         import fcntl
@@ -96,11 +124,27 @@ class _Lock:
             os.makedirs(os.path.dirname(self.path), mode=0o700, exist_ok=True)
             files.check_directories(self.path)
             self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-            fcntl.flock(self.fd, fcntl.LOCK_EX)
-        except (OSError, FileRuleError):
-            if self.fd is not None:
-                os.close(self.fd)
-            self.fd = None  # carry on unlocked: the worst case is a lost update
+        except (OSError, FileRuleError) as exc:
+            self.problem = f"cannot open the lock {self.path}: {exc}"
+            return self
+        deadline = time.monotonic() + self.wait
+        pause = 0.002
+        while True:
+            try:
+                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return self
+            except BlockingIOError:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    self.problem = f"{self.path} is held by another process for more than {self.wait:g} s"
+                    break
+                time.sleep(min(pause, left))
+                pause = min(pause * 2, 0.05)
+            except OSError as exc:
+                self.problem = f"cannot lock {self.path}: {exc}"
+                break
+        os.close(self.fd)
+        self.fd = None
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -112,11 +156,13 @@ class Remember:
     """Remembered second factors, keyed by (user, service, address)."""
 
     def __init__(self, state_dir: str, seconds: int, services_without_address: tuple[str, ...], *,
-                 on_problem: Callable[[str], None], clock: Callable[[], float] = time.time) -> None:
+                 on_problem: Callable[[str], None], clock: Callable[[], float] = time.time,
+                 caller_uid: int | None = None) -> None:
         self.store = JsonStore(os.path.join(state_dir, REMEMBER_FILE), on_problem=on_problem)
         self.seconds = seconds
         self.services_without_address = services_without_address
         self.clock = clock
+        self.caller_uid = caller_uid  # the uid that started this login (su's caller)
 
     def key(self, user: str, service: str, rhost: str | None, ipaddr: str | None) -> str | None:
         """The entry for this login, or None when it may not be remembered.
@@ -132,7 +178,15 @@ class Remember:
             where = "-"
         else:
             where = None
-        return json.dumps([user, service, where]) if where else None
+        if not where:
+            return None
+        if service in CALLER_SERVICES:
+            # su: who typed the command matters, not only whose account it opens: alice's
+            # own "su -" must not remember a login that bob's "su alice" could then use.
+            if self.caller_uid is None:
+                return None
+            return json.dumps([user, service, where, self.caller_uid])
+        return json.dumps([user, service, where])
 
     def remaining(self, key: str | None) -> float | None:
         """Seconds left on a remembered login, or None."""
@@ -147,18 +201,22 @@ class Remember:
     def record(self, key: str | None) -> None:
         if key is None:
             return
-        with self.store.locked():
+
+        def add(entries: dict[str, Any]) -> dict[str, Any]:
             now = self.clock()
-            entries = {k: v for k, v in self.store.load().items() if isinstance(v, (int, float)) and v > now}
+            entries = {k: v for k, v in entries.items() if isinstance(v, (int, float)) and v > now}
             entries[key] = now + self.seconds
-            self.store.save(entries, order=float)
+            return entries
+
+        self.store.update(add, "remembering this login", order=float)
 
     def forget_user(self, user: str) -> None:
-        with self.store.locked():
-            entries = self.store.load()
+        def drop(entries: dict[str, Any]) -> dict[str, Any] | None:
             kept = {k: v for k, v in entries.items() if not _key_user_is(k, user)}
-            if len(kept) != len(entries):
-                self.store.save(kept, order=float)
+            return kept if len(kept) != len(entries) else None
+
+        # A deny or fraud report must clear the entries even when the lock is held.
+        self.store.update(drop, f"clearing the remembered logins of {user!r}", order=float, without_lock=True)
 
 
 def _key_user_is(key: str, user: str) -> bool:
@@ -182,16 +240,17 @@ class PreferredDevices:
         return None
 
     def set(self, user: str, device: str) -> None:
-        with self.store.locked():
-            entries = self.store.load()
+        def put(entries: dict[str, Any]) -> dict[str, Any]:
             entries[user] = [device, self.clock()]
-            self.store.save(entries, order=_recency)
+            return entries
+
+        self.store.update(put, "saving the preferred device", order=_recency)
 
     def drop(self, user: str) -> None:
-        with self.store.locked():
-            entries = self.store.load()
-            if entries.pop(user, None) is not None:
-                self.store.save(entries, order=_recency)
+        def remove(entries: dict[str, Any]) -> dict[str, Any] | None:
+            return entries if entries.pop(user, None) is not None else None
+
+        self.store.update(remove, "forgetting the preferred device", order=_recency)
 
 
 def _recency(entry: Any) -> float:

@@ -15,7 +15,7 @@ import signal
 import sys
 from typing import Sequence
 
-from .broker import ProtocolError, connect, converse
+from .broker import WRAPPER_ACK_TIMEOUT, NotAccepted, ProtocolError, connect, converse
 from .paths import DEFAULT_SOCKET
 from .errors import ConversationError
 from .text import for_display
@@ -149,13 +149,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         "env_passcode": passcode,
     }
     try:
-        sock = connect(args.socket)
+        sock = connect(args.socket, timeout=WRAPPER_ACK_TIMEOUT)
     except ProtocolError as exc:
         sys.stderr.write(f"pam-duo-login: {exc}; login refused.\n")
         return 1
     try:
         with sock:
-            result, message = converse(sock, request, ui)
+            result, message = converse(sock, request, ui, ack_timeout=WRAPPER_ACK_TIMEOUT)
+    except NotAccepted as exc:
+        sys.stderr.write(f"pam-duo-login: the broker did not take the login: {exc}; login refused.\n")
+        return 1
     except (ProtocolError, OSError) as exc:
         sys.stderr.write(f"pam-duo-login: lost the broker: {exc}; login refused.\n")
         return 1

@@ -167,7 +167,8 @@ def cells() -> list[Cell]:
         Cell("missing 'txid'", "auth", "alice{id}+missing-txid@auth", AFTER_PREAUTH, 2, 0, mentions=("txid",)),
         Cell("missing 'result'", "auth_status", "alice{id}+missing-result@auth_status", AFTER_PREAUTH, 2, 1,
              mentions=("result",)),
-        Cell("unknown result 'bogus'", "preauth", "alice{id}+result-bogus@preauth", UNAVAILABLE, 1, 0,
+        # Well-formed, from Duo, but a result we do not know: Duo answered, so never fail-safe.
+        Cell("unknown result 'bogus'", "preauth", "alice{id}+result-bogus@preauth", REFUSED, 1, 0,
              mentions=("bogus",)),
         # An async /auth reply carries only a txid; its 'result' is checked where there is one:
         # the synchronous passcode reply (an interactive login: tty and one typed passcode).

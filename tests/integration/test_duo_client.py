@@ -41,6 +41,7 @@ from pam_duo_py.errors import (  # noqa: E402
     DuoRefused,
     DuoTimeout,
     DuoUnavailable,
+    DuoUnknownAnswer,
 )
 from pam_duo_py.simulator import PHONE1, Simulator  # noqa: E402
 
@@ -584,6 +585,12 @@ def test_429_without_retry_after_within_deadline(client) -> None:
     assert isinstance(exc, DuoRefused) and not isinstance(exc, DuoUnavailable)
 
 
+def test_unknown_preauth_result_is_an_answer_not_an_outage(client) -> None:
+    exc, _ = timed(lambda: preauth(client(timeout=3), uniq("alice", "result-bogus@preauth")))
+    assert isinstance(exc, DuoUnknownAnswer) and isinstance(exc, DuoRefused), exc
+    assert not isinstance(exc, DuoUnavailable), exc  # failmode = "safe" must not let this in
+
+
 # ------------------------------------------------------------------ error mapping
 @pytest.mark.parametrize("status", ["500", "502", "503"])
 def test_5xx_unavailable(status: str, client) -> None:
@@ -593,13 +600,13 @@ def test_5xx_unavailable(status: str, client) -> None:
 
 
 @pytest.mark.parametrize("fault", ["malformed", "html", "truncated", "close", "missing-result",
-                                   "result-bogus", "missing-devices"])
+                                   "missing-devices"])
 def test_bad_replies_at_preauth_unavailable(fault: str, client) -> None:
     c = client(timeout=3)
     exc, elapsed = timed(lambda: preauth(c, uniq("alice", f"{fault}@preauth")))
     assert isinstance(exc, DuoUnavailable), exc
     assert not isinstance(exc, DuoTimeout), exc
-    if fault in ("malformed", "html", "missing-result", "result-bogus", "missing-devices"):
+    if fault in ("malformed", "html", "missing-result", "missing-devices"):
         assert isinstance(exc, DuoMalformedReply), exc
     assert elapsed < 3, elapsed
 

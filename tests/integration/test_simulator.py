@@ -413,8 +413,8 @@ def test_cli(tmp_path: pathlib.Path) -> None:
     proc = subprocess.Popen(["/usr/bin/python3", "-I", "-c", code, "--state-dir", str(state),
                              "--port", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        lines = _read_lines(proc.stdout.fileno(), 2, 15)
-        assert len(lines) == 2
+        lines = _read_lines(proc.stdout.fileno(), 3, 15)
+        assert len(lines) == 3 and lines[2] == f"admin config: {state / 'admin.toml'}"
         snippet_path = pathlib.Path(lines[0].removeprefix("config: "))
         assert lines[0].startswith("config: ") and snippet_path.is_absolute()
         port = int((state / "port").read_text())

@@ -128,11 +128,13 @@ def write_map(path: Path, lines: Optional[Iterable[str]] = None) -> Path:
 
 # ------------------------------------------------------------------ the broker
 class BrokerProcess:
-    """``pam-duo-py -c CONFIG broker --socket PATH``, as root, with clean_env()."""
+    """``pam-duo-py -c CONFIG broker --socket PATH``, as root, with clean_env() (plus ``env``)."""
 
-    def __init__(self, config: Path, socket_path: Path):
+    def __init__(self, config: Path, socket_path: Path, env: Optional[dict] = None, prefix: Iterable[str] = ()):
         self.config = config
         self.socket_path = socket_path
+        self.env = dict(clean_env(), **(env or {}))
+        self.prefix = list(prefix)  # e.g. ["prlimit", "--nofile=1024:4096", "--"]
         self.process: Optional[subprocess.Popen] = None
         self.lines: dict[str, list[str]] = {"stdout": [], "stderr": []}
         self._cond = threading.Condition()
@@ -144,8 +146,8 @@ class BrokerProcess:
         return self.process.pid
 
     def start(self, timeout: float = BROKER_START_TIMEOUT) -> "BrokerProcess":
-        argv = [str(CLI), "-c", str(self.config), "broker", "--socket", str(self.socket_path)]
-        self.process = subprocess.Popen(argv, env=clean_env(), stdin=subprocess.DEVNULL,
+        argv = self.prefix + [str(CLI), "-c", str(self.config), "broker", "--socket", str(self.socket_path)]
+        self.process = subprocess.Popen(argv, env=self.env, stdin=subprocess.DEVNULL,
                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd="/")
         for name, stream in (("stdout", self.process.stdout), ("stderr", self.process.stderr)):
             reader = threading.Thread(target=self._read, args=(name, stream), daemon=True,

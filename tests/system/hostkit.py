@@ -157,7 +157,7 @@ class HostEnv:
             root / "host-map.txt", "".join(f"{local} {short}\n" for short, local in users.items()), 0o600)
         self.configure()
 
-    def configure(self, broker_socket: Optional[Path] = None, **auth) -> Path:
+    def configure(self, broker_socket: Optional[Path] = None, remember: Optional[dict] = None, **auth) -> Path:
         """Write the config with these ``[auth]`` settings (quick pushes, pushinfo with the command)."""
         settings = {"push_timeout": 10, "pushinfo_command": True}
         settings.update(auth)
@@ -170,6 +170,8 @@ class HostEnv:
         ]
         if broker_socket is not None:
             tables.append(toml_table("broker", {"socket": str(broker_socket)}))
+        if remember is not None:
+            tables.append(toml_table("remember", remember))
         return _write_root_file(self.config, "\n".join(tables), 0o600)
 
     # -- what happened

@@ -113,6 +113,29 @@ def test_su_to_root_the_calling_user_does_duo(ns, host, login_shell, service):
     assert (event["outcome"], event["user"], event["service"]) == ("success", alice, service)
 
 
+def test_a_remembered_su_is_only_for_the_same_caller(ns, host, host_root):
+    """alice's own su (approved with Duo) must not let bob, who knows alice's password, "su alice"."""
+    state = _ensure_root_dir(host_root / "su-state", 0o700)
+    for child in state.iterdir():
+        child.unlink()
+    host.configure(remember={"seconds": 300, "services_without_address": ["su"], "state_dir": str(state)})
+    alice = host.users["alice"]
+    with _su(ns, host, "alice", "root", False, ROOT_PASSWORD) as term:
+        term.expect(menu(alice))
+        term.line("1")
+        assert term.finish() == 0, term.text
+    mark = host.mark()
+    with _su(ns, host, "alice", "root", False, ROOT_PASSWORD) as term:  # alice again: remembered
+        assert term.finish() == 0, term.text
+    assert host.calls(mark) == [("preauth", "alice", None)]
+    mark = host.mark()
+    with _su(ns, host, "bob", alice, False, host.users.password("alice")) as term:
+        term.expect(menu(alice))  # asked for Duo, not let in on alice's remembered login
+        term.line("1")
+        assert term.finish() == 0, term.text
+    assert ("auth", "alice", "push") in host.calls(mark)
+
+
 def test_su_to_root_through_the_broker_is_still_the_caller(ns, host, host_root):
     """The PAM module hands the login to a running broker; the caller still does Duo."""
     sock_dir = _ensure_root_dir(host_root / "broker")

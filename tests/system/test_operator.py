@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 from pathlib import Path
 
@@ -143,6 +144,32 @@ def test_corrupted_store_is_ignored_logged_and_never_allows(remember_service, ru
     assert len(pushes(simulator, mark)) == 1  # the factor was asked for
     if syslog_capture.available:
         assert syslog_capture.wait_for(lambda line: "state file ignored" in line and "corrupted" in line, since=since)
+
+
+def test_a_stopped_process_holding_the_state_lock_does_not_hang_logins(remember_service, run_pam, test_users, simulator,
+                                                                       syslog_capture):
+    # Under su or sudo the user owns the login process and can stop it while it holds the lock.
+    alice = test_users["alice"]
+    lock = remember_service["state"] / "remember.json.lock"
+    lock.touch(mode=0o600)
+    holder = subprocess.Popen(["flock", str(lock), "sh", "-c", "echo held; kill -STOP $$"], env=clean_env(),
+                              stdout=subprocess.PIPE, start_new_session=True)
+    try:
+        assert holder.stdout.readline() == b"held\n"
+        since = syslog_capture.mark() if syslog_capture.available else 0
+        for _ in range(2):  # not remembered (the write was skipped), so the second login asks again
+            mark = simulator.mark()
+            assert login(run_pam, "pdt-op-sshd", alice, "203.0.113.5").code == PAM_SUCCESS
+            assert len(pushes(simulator, mark)) == 1
+        if syslog_capture.available:
+            assert syslog_capture.wait_for(lambda line: "remembering this login skipped" in line, since=since)
+    finally:
+        os.killpg(holder.pid, signal.SIGKILL)
+        holder.wait()
+    assert login(run_pam, "pdt-op-sshd", alice, "203.0.113.5").code == PAM_SUCCESS  # the lock is free again: saved
+    mark = simulator.mark()
+    assert login(run_pam, "pdt-op-sshd", alice, "203.0.113.5").code == PAM_SUCCESS
+    assert pushes(simulator, mark) == []
 
 
 def test_user_id_mapping_uses_user_id(installed, test_users, write_config, write_map_file, pam_service, run_pam, simulator):

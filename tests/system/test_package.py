@@ -70,7 +70,7 @@ def test_install_layout_versioned_library_compiled_with_checked_hashes(installed
     assert _entry_lib_dir() == str(LIB_ROOT / VERSION)
     files = subprocess.run(["dpkg", "-L", debkit.PACKAGE_NAME], capture_output=True, text=True,
                            check=True).stdout.split()
-    assert not any(f.endswith("/simulator.py") for f in files)
+    assert not any("/simulator" in f for f in files)
     assert not any("__pycache__" in f for f in files)  # postinst compiles for this machine's Python
     pycs = list((LIB_ROOT / VERSION / "pam_duo_py" / "__pycache__").glob("*.pyc"))
     assert pycs

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import copy
+import struct
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -441,3 +442,24 @@ class FakePamh(metaclass=_ExplosiveType):
     # what the user saw
     def texts(self, style: int | None = None) -> list[str]:
         return [text for s, text in self.messages if style is None or s == style]
+
+
+# -- journald ------------------------------------------------------------------------------------
+
+def parse_journal(data: bytes) -> list[tuple[str, str]]:
+    """The native protocol, read the way journald reads it."""
+    fields, pos = [], 0
+    while pos < len(data):
+        end = data.index(b"\n", pos)
+        line = data[pos:end]
+        if b"=" in line:
+            name, _, value = line.partition(b"=")
+            pos = end + 1
+        else:
+            name = line
+            (size,) = struct.unpack("<Q", data[end + 1:end + 9])
+            value = data[end + 9:end + 9 + size]
+            assert data[end + 9 + size:end + 10 + size] == b"\n"
+            pos = end + 10 + size
+        fields.append((name.decode(), value.decode()))
+    return fields

@@ -296,16 +296,17 @@ def test_cli_bad_since_is_a_usage_error(tmp_path, capsys):
     assert "invalid duration" in capsys.readouterr().err
 
 
-def config_file(tmp_path, body: str) -> pathlib.Path:
+def config_file(tmp_path, body: str, mode: int = 0o600) -> pathlib.Path:
     path = tmp_path / "pam_duo.toml"
     path.write_text(body)
-    path.chmod(0o600)
+    path.chmod(mode)
     return path
 
 
-def test_cli_uses_log_audit_file_of_the_config(tmp_path, capsys):
+@pytest.mark.parametrize("mode", [0o600, 0o640])
+def test_cli_uses_log_audit_file_of_the_config(tmp_path, capsys, mode):
     audit = write(tmp_path / "audit.jsonl", [ev("failsafe", user="zoe")])
-    config = config_file(tmp_path, f'[duo]\nikey = "DIXXXXXXXXXXXXXXXXXX"\n\n[log]\naudit_file = "{audit}"\n')
+    config = config_file(tmp_path, f'[duo]\nikey = "DIXXXXXXXXXXXXXXXXXX"\n\n[log]\naudit_file = "{audit}"\n', mode)
     assert cli.main(["-c", str(config), "audit", "--json"]) == 0       # the rest of the config need not be valid
     assert json.loads(capsys.readouterr().out)["failsafe_logins"][0]["user"] == "zoe"
 

@@ -376,6 +376,19 @@ def test_map_file_both_line_forms_comments_and_blank_lines():
                              "bob": DuoIdentity(user_id="DUABCDEFGHIJ01234567")}
 
 
+def test_map_file_comment_may_end_a_line():
+    text = "alice alice.smith@example.com   # moved to the new tenant\nbob user_id=DUABCDEFGHIJ01234567#x\n  # only\n"
+    mapping, problems = parse_map_file(text, MAP_PATH)
+    assert problems == []
+    assert dict(mapping) == {"alice": DuoIdentity(username="alice.smith@example.com"),
+                             "bob": DuoIdentity(user_id="DUABCDEFGHIJ01234567")}
+
+
+def test_map_file_line_malformed_after_removing_its_comment_is_still_reported():
+    mapping, problems = parse_map_file("alice # bob\n", MAP_PATH)
+    assert mapping == () and problems[0].startswith(f"{MAP_PATH}: line 1: ")
+
+
 def test_map_file_bad_lines_are_reported_with_line_numbers():
     text = "\n".join([
         "alice alice@example.com",        # 1 ok
@@ -502,6 +515,41 @@ def test_load_config_refuses_a_config_readable_by_others(tmp_path):
         load_config(str(path))
     assert info.value.problems[0].startswith(f"{path}: mode 0644")
     assert SKEY not in str(info.value)
+
+
+def _config_file(tmp_path, text, mode):
+    path = tmp_path / "pam_duo.toml"
+    path.write_text(text)
+    os.chmod(path, mode)
+    return str(path)
+
+
+@pytest.mark.parametrize("mode", [0o640, 0o440, 0o600, 0o400])
+def test_load_config_without_skey_may_be_group_readable(tmp_path, mode):
+    skey_file = tmp_path / "skey"
+    skey_file.write_text(SKEY + "\n")
+    os.chmod(skey_file, 0o600)
+    base = "\n".join(line for line in MINIMAL.splitlines() if not line.startswith("skey ")) + "\n"
+    cfg = load_config(_config_file(tmp_path, base + f'skey_file = "{skey_file}"\n', mode))
+    assert cfg.duo.skey == SKEY
+
+
+@pytest.mark.parametrize("mode", [0o640, 0o440, 0o604])
+def test_load_config_holding_skey_must_be_owner_only(tmp_path, mode):
+    path = _config_file(tmp_path, MINIMAL, mode)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert info.value.problems[0].startswith(f"{path}: ")
+    assert f"mode {mode:04o}" in info.value.problems[0] and SKEY not in str(info.value)
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o604, 0o641])
+def test_load_config_without_skey_is_never_readable_by_others(tmp_path, mode):
+    base = "\n".join(line for line in MINIMAL.splitlines() if not line.startswith("skey ")) + "\n"
+    path = _config_file(tmp_path, base + 'skey_file = "/nonexistent/skey"\n', mode)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert info.value.problems == (f"{path}: mode {mode:04o} is readable by others (0640 at most)",)
 
 
 def test_load_config_not_utf8(tmp_path):

@@ -18,7 +18,7 @@ from pam_duo_py import replies
 from pam_duo_py.config import DuoIdentity, DuoSettings
 from pam_duo_py.duo import DuoClient, retry_after_seconds
 from pam_duo_py.errors import (DuoCredentialsRejected, DuoError, DuoMalformedReply, DuoRateLimited, DuoRefused,
-                               DuoTimeout, DuoUnavailable)
+                               DuoTimeout, DuoUnavailable, DuoUnknownAnswer)
 from pam_duo_py.replies import AuthResult, AuthStarted, Device, Preauth
 
 SETTINGS = DuoSettings(ikey="DIABCDEFGHIJKLMNOPQR", skey="S" * 40, host="api-test.duosecurity.com", port=None,
@@ -105,12 +105,7 @@ def test_device_label_falls_back_to_names_then_the_id():
 BAD_PREAUTH = [
     None, [], "allow", 1, {},
     {"result": 1, "status_msg": "x"},
-    {"result": "maybe", "status_msg": "x"},
-    {"result": "ALLOW", "status_msg": "x"},
-    {"result": "allow"},
     {"result": "allow", "status_msg": 5},
-    {"result": "deny"},
-    {"result": "enroll", "status_msg": "x"},
     {"result": "enroll", "status_msg": "x", "enroll_portal_url": 1},
     {"result": "auth", "status_msg": "x"},
     {"result": "auth", "status_msg": "x", "devices": {}},
@@ -131,6 +126,25 @@ BAD_PREAUTH = [
 def test_parse_preauth_refuses_malformed_replies(reply):
     with pytest.raises(DuoMalformedReply):
         replies.parse_preauth(reply)
+
+
+@pytest.mark.parametrize("result", ["maybe", "ALLOW", "waiting", ""])
+def test_parse_preauth_unknown_result_is_an_answer_not_an_outage(result):
+    # Well-formed and from Duo: never "unreachable" (which failmode=safe would let in).
+    with pytest.raises(DuoUnknownAnswer) as caught:
+        replies.parse_preauth({"result": result, "status_msg": "x"})
+    assert isinstance(caught.value, DuoRefused) and not isinstance(caught.value, DuoUnavailable)
+
+
+def test_parse_preauth_optional_texts():
+    assert replies.parse_preauth({"result": "allow"}) == Preauth("allow", "")
+    assert replies.parse_preauth({"result": "deny"}) == Preauth("deny", "")
+    assert replies.parse_preauth({"result": "enroll", "status_msg": "x"}) == Preauth("enroll", "x")
+
+
+def test_parse_preauth_verified_push_fields():
+    pre = replies.parse_preauth({"result": "auth", "devices": [PHONE], "txid": "PRE-1", "verification_code": "417"})
+    assert pre.txid == "PRE-1" and pre.verification_code == "417"
 
 
 # -- auth replies ------------------------------------------------------------------------------
@@ -161,11 +175,17 @@ def test_parse_auth_result(reply, waiting, expected):
 
 @pytest.mark.parametrize("reply,waiting", [
     (None, True), ("allow", True), ({}, True), ({"result": None}, True), ({"result": True}, True),
-    ({"result": "waiting"}, False), ({"result": "maybe"}, True), ({"result": "success"}, True),
     ({"result": "allow", "status": 1}, True), ({"result": "allow", "status_msg": ["x"]}, True),
 ])
 def test_parse_auth_result_refuses_malformed_replies(reply, waiting):
     with pytest.raises(DuoMalformedReply):
+        replies.parse_auth_result(reply, allow_waiting=waiting)
+
+
+@pytest.mark.parametrize("reply,waiting", [({"result": "waiting"}, False), ({"result": "maybe"}, True),
+                                           ({"result": "success"}, True)])
+def test_parse_auth_result_unknown_result(reply, waiting):
+    with pytest.raises(DuoUnknownAnswer):
         replies.parse_auth_result(reply, allow_waiting=waiting)
 
 
@@ -201,13 +221,13 @@ def valid_device(device) -> bool:
 def test_parse_preauth_property(reply):
     try:
         pre = replies.parse_preauth(reply)
-    except DuoMalformedReply:
+    except (DuoMalformedReply, DuoUnknownAnswer):
         return
     assert pre.result in ("allow", "deny", "enroll", "auth")
     assert isinstance(pre.status_msg, str)
     assert all(valid_device(d) for d in pre.devices)
     if pre.result == "enroll":
-        assert isinstance(pre.enroll_portal_url, str)
+        assert pre.enroll_portal_url is None or isinstance(pre.enroll_portal_url, str)
     if pre.result != "auth":
         assert pre.devices == ()
     assert pre.txid is None or isinstance(pre.txid, str)
@@ -224,7 +244,7 @@ def test_parse_auth_replies_property(reply, waiting):
         assert started.verification_code is None or isinstance(started.verification_code, str)
     try:
         result = replies.parse_auth_result(reply, allow_waiting=waiting)
-    except DuoMalformedReply:
+    except (DuoMalformedReply, DuoUnknownAnswer):
         return
     assert result.result in (("allow", "deny", "waiting") if waiting else ("allow", "deny"))
     assert isinstance(result.status, str) and isinstance(result.status_msg, str)
@@ -430,3 +450,54 @@ def test_429_without_retry_after_backs_off_within_the_deadline():
     assert sleeps == [1.0, 2.0, 4.0]  # 8 more would pass the 10 s deadline
     assert sum(sleeps) < SETTINGS.timeout
     assert len(sent) <= duo_mod.MAX_RATE_LIMIT_RETRIES + 1
+
+
+class HeaderResponse(Response):
+    def __init__(self, status, **headers):
+        self.status = status
+        self.headers = {name.replace("_", "-"): value for name, value in headers.items()}
+
+
+@pytest.mark.parametrize("headers,expected_sleeps", [
+    ({"Retry-After": "3"}, [3.0]),
+    ({"X-Retry-After": "3"}, [3.0]),  # what Duo's own mock server sends
+    ({"Retry-After": "2", "X-Retry-After": "5"}, [2.0]),
+    ({}, [1.0]),
+])
+def test_429_header_variants_once(headers, expected_sleeps):
+    first = HeaderResponse(429)
+    first.headers = dict(headers)
+    client, sent, sleeps = rate_limited_client([first, Response(200)])
+    response, _ = client._auth._make_request("POST", "/auth/v2/preauth", "", {})
+    assert response.status == 200 and len(sent) == 2 and sleeps == expected_sleeps
+
+
+def test_429_x_retry_after_http_date_is_waited_for():
+    first = HeaderResponse(429)
+    first.headers = {"X-Retry-After": email.utils.formatdate(time.time() + 4, usegmt=True)}
+    client, sent, sleeps = rate_limited_client([first, Response(200)])
+    response, _ = client._auth._make_request("POST", "/auth/v2/preauth", "", {})
+    assert response.status == 200 and len(sleeps) == 1 and 2.5 <= sleeps[0] <= 4.0
+
+
+def test_429_x_retry_after_past_the_deadline_gives_up_without_waiting():
+    first = HeaderResponse(429)
+    first.headers = {"X-Retry-After": "60"}
+    client, sent, sleeps = rate_limited_client([first, Response(200)])
+    response, _ = client._auth._make_request("POST", "/auth/v2/preauth", "", {})
+    assert response.status == 429 and len(sent) == 1 and sleeps == []
+
+
+def test_429_backoff_doubles_and_never_passes_the_deadline():
+    client, sent, sleeps = rate_limited_client([Response(429)] * 3 + [Response(200)])
+    response, _ = client._auth._make_request("POST", "/auth/v2/preauth", "", {})
+    assert response.status == 200 and sleeps == [1.0, 2.0, 4.0] and len(sent) == 4
+
+
+def test_duo_message_detail_goes_into_the_error_text():
+    client = DuoClient(SETTINGS)
+    error = client._http_error(duo_runtime_error(400, data={"stat": "FAIL", "code": 40002,
+                                                            "message": "Invalid request parameters",
+                                                            "message_detail": "username"}))
+    assert isinstance(error, DuoRefused)
+    assert str(error) == "HTTP 400 code 40002: Invalid request parameters (username)"

@@ -186,6 +186,36 @@ def test_long_fields_are_capped():
     assert len(text) < 2000
 
 
+@given(rhost=st.text(min_size=0, max_size=300))
+@example(rhost="203.0.113.5" + " " * 60 + "[trusted]")
+@example(rhost="r" * 64)
+def test_the_claimed_marker_survives_the_cap(rhost):
+    for outcome in ("success", "failure", "failsafe", "preauth_allow", "error"):
+        _, text = line(outcome, rhost=rhost + events.CLAIMED, service="sshd")
+        assert f" from {for_log(rhost, 64)} (claimed)" in text, text
+
+
+def test_a_long_claimed_address_through_a_login_keeps_its_marker():
+    from pam_duo_py.login import LoginRequest, authenticate
+    from pam_duo_py.config import parse_config
+    from fakes import FakeDuo, FakePrompter
+    from pam_duo_py.replies import Preauth
+
+    class Sink(EventSink):
+        def emit(self, record):
+            self.lines.append(syslog_line(record)[1])
+
+    sink = Sink(None)
+    sink.lines = []
+    config = parse_config('[duo]\nikey = "DIABCDEFGHIJKLMNOPQR"\nskey = "' + "S" * 40
+                          + '"\nhost = "api-test.duosecurity.com"\n', "/etc/pam_duo_py/pam_duo.toml")
+    forged = "203.0.113.5 " + "x" * 60
+    request = LoginRequest(user="root", service="pam-duo-login", rhost=forged, trusted_address=False)
+    authenticate(config, request, FakePrompter(()), sink=sink, duo_factory=lambda s: FakeDuo(Preauth("allow", "ok")),
+                 hostname="server1")
+    assert sink.lines and all(f" from {forged[:64]}... (claimed)" in text for text in sink.lines), sink.lines
+
+
 # -- the audit file ----------------------------------------------------------------------------
 
 @given(name=st.text(max_size=50), reason=st.text(max_size=50), rhost=st.none() | st.text(max_size=40))

@@ -356,3 +356,85 @@ def test_load_config_refuses_a_bad_audit_file_as_a_configuration_error(home):
     assert info.value.problems == (f"{conf}: log.audit_file: {audit}: mode 0666 is writable by group or others",)
     os.chmod(audit, 0o600)
     assert load_config(conf).log.audit_file == audit
+
+
+# -- write_atomic when the disk misbehaves ---------------------------------------------------
+
+class MisbehavingWrite:
+    """os.write for files under ``directory``: at most ``chunk`` bytes a call, or an error after
+    ``fail_after`` bytes; every other descriptor is written normally."""
+
+    def __init__(self, directory, *, chunk=None, fail_after=None, error=28):  # 28: ENOSPC
+        self.directory = str(directory)
+        self.chunk, self.fail_after, self.error = chunk, fail_after, error
+        self.written = 0
+        self.real = os.write
+
+    def __call__(self, fd, data):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            target = ""
+        if not target.startswith(self.directory + "/"):
+            return self.real(fd, data)
+        data = bytes(data)
+        if self.fail_after is not None and self.written + len(data) > self.fail_after:
+            room = self.fail_after - self.written
+            if room <= 0:
+                raise OSError(self.error, os.strerror(self.error))
+            data = data[:room]
+        if self.chunk is not None:
+            data = data[: self.chunk]
+        count = self.real(fd, data)
+        self.written += count
+        return count
+
+
+def test_write_atomic_continues_short_writes(home, monkeypatch):
+    path = make(home / "state", b"old", 0o600)
+    monkeypatch.setattr(os, "write", MisbehavingWrite(home, chunk=3))
+    content = b'{"v":1,"entries":{"alice":12345}}'
+    files.write_atomic(path, content)
+    monkeypatch.undo()
+    assert open(path, "rb").read() == content
+    assert sorted(os.listdir(home)) == ["state"]
+
+
+@pytest.mark.parametrize("fail_after", [0, 5])
+def test_write_atomic_on_a_full_disk_leaves_nothing_and_later_writes_work(home, monkeypatch, fail_after):
+    path = make(home / "state", b"old", 0o600)
+    monkeypatch.setattr(os, "write", MisbehavingWrite(home, fail_after=fail_after))
+    with pytest.raises(OSError) as info:
+        files.write_atomic(path, b"x" * 100)
+    assert info.value.errno == 28
+    assert sorted(os.listdir(home)) == ["state"]          # no temporary file left behind
+    assert open(path, "rb").read() == b"old"               # the old content is intact
+    monkeypatch.undo()
+    files.write_atomic(path, b"new")                        # the disk has room again
+    assert open(path, "rb").read() == b"new"
+    assert sorted(os.listdir(home)) == ["state"]
+
+
+def test_write_atomic_that_cannot_sync_or_rename_leaves_nothing(home, monkeypatch):
+    path = make(home / "state", b"old", 0o600)
+
+    def broken_fsync(fd):
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(os, "fsync", broken_fsync)
+    with pytest.raises(OSError):
+        files.write_atomic(path, b"new")
+    monkeypatch.undo()
+    assert sorted(os.listdir(home)) == ["state"]
+    os.mkdir(home / "adir")                                 # rename over a directory fails
+    with pytest.raises(OSError):
+        files.write_atomic(str(home / "adir"), b"new")
+    assert sorted(os.listdir(home)) == ["adir", "state"]
+
+
+def test_write_atomic_uses_a_fresh_temporary_name_each_time(home, monkeypatch):
+    # A temporary file left by an older version (named after the pid) does not block writes.
+    path = make(home / "state", b"old", 0o600)
+    make(home / f".state.{os.getpid()}.tmp", b"left over", 0o600)
+    files.write_atomic(path, b"new")
+    assert open(path, "rb").read() == b"new"

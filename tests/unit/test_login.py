@@ -128,6 +128,28 @@ def test_group_lookup_failure_is_a_service_error_never_an_exemption(monkeypatch)
     assert [e["outcome"] for e in events] == ["error"]
 
 
+def test_unreadable_group_database_is_a_service_error_never_an_exemption(monkeypatch):
+    # /etc/group unreadable: getgrouplist gives the primary gid only, getgrgid raises KeyError
+    monkeypatch.setattr(users.os, "getgrouplist", lambda name, gid: [gid])
+
+    def unreadable(gid):
+        raise KeyError(gid)
+
+    monkeypatch.setattr(users.grp, "getgrgid", unreadable)
+    config = make_config('[users]\ngroups = ["pdp-nonexistent-group-*"]\n')
+    outcome, events, factory, _ = run(LoginRequest(user=ME, service="sshd"), config=config)
+    assert (outcome.result, [e["outcome"] for e in events]) == (Result.SERVICE_ERR, ["error"])
+    assert "has no name" in events[0]["reason"] and factory.settings == []
+
+
+def test_a_named_group_the_directory_cannot_find_is_a_service_error_never_an_exemption():
+    # An LDAP/sssd outage: the user's list lacks the group and the group itself cannot be found.
+    config = make_config('[users]\ngroups = ["pdp-no-such-group-7f3a"]\n')
+    outcome, events, factory, _ = run(LoginRequest(user=ME, service="sshd"), config=config)
+    assert (outcome.result, [e["outcome"] for e in events]) == (Result.SERVICE_ERR, ["error"])
+    assert "'pdp-no-such-group-7f3a' of users.groups cannot be looked up" in events[0]["reason"]
+
+
 def test_no_groups_configured_means_no_group_lookup(monkeypatch):
     def broken(user):
         raise AssertionError("groups must not be looked up")
@@ -149,6 +171,27 @@ def test_su_to_root_asks_the_calling_user(monkeypatch):
 
 
 # -- as whom, and what is sent -------------------------------------------------------------------
+
+@pytest.mark.parametrize("service", ["su", "su-l"])
+def test_su_remembered_for_one_caller_is_not_remembered_for_another(tmp_path, monkeypatch, service):
+    alice = LocalUser("alice", 1001, 1001, "/home/alice", "/bin/bash")
+    monkeypatch.setattr(users, "lookup", lambda name: alice if name == "alice" else None)
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    config = make_config(f'[remember]\nseconds = 300\nservices_without_address = ["{service}"]\n'
+                         f'state_dir = "{state}"\n')
+
+    def su(caller_uid):
+        duo = FakeDuo(AUTH, auth=[{"txid": "TX1"}], status=[APPROVED])
+        outcome, _, _, _ = run(LoginRequest(user="alice", service=service, caller_uid=caller_uid), config=config,
+                               duo=duo, answers=["1"])
+        return outcome
+
+    assert su(1001).factor == "push"                 # alice's own su, approved with Duo
+    assert su(1001).factor == "remembered"           # alice again: remembered
+    other = su(1002)                                  # bob's "su alice"
+    assert (other.result, other.factor) == (Result.SUCCESS, "push")
+
 
 def test_mapped_duo_identity_is_used_and_logged():
     config = make_config('[users]\nmap_file = "/etc/pam_duo_py/users.map"\n',

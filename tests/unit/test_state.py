@@ -1,15 +1,19 @@
 """Remembered authentication and preferred devices: the stores and how the engine uses them."""
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import signal
+import threading
 
 import pytest
 
 from fakes import APPROVED, DENIED, FRAUD, FakeClock, FakeDuo, FakePrompter
 from pam_duo_py.config import AuthSettings, DuoIdentity
 from pam_duo_py.engine import Engine, Login, Result
-from pam_duo_py.replies import Device, Preauth
+from pam_duo_py.replies import AuthResult, Device, Preauth
+from pam_duo_py import state as state_mod
 from pam_duo_py.state import PreferredDevices, Remember, address_key
 
 PHONE = Device("DPHONE1", "phone", "XXX-XXX-1234", ("push", "phone", "sms"))
@@ -127,12 +131,131 @@ def test_store_is_bounded(state_dir, problems):
         assert len(json.load(handle)["entries"]) == 5
 
 
+# -- the state lock -----------------------------------------------------------------------
+
+
+class UnboundedWait(Exception):
+    """Not an OSError, so that no ``except OSError`` on the way swallows it."""
+
+
+@pytest.fixture
+def no_hang():
+    """Turns a wait that never ends into a test failure (SIGALRM after 5 s)."""
+    def too_long(signum, frame):
+        raise UnboundedWait("waited 5 s for the state lock: the wait is not bounded")
+
+    old = signal.signal(signal.SIGALRM, too_long)
+    signal.setitimer(signal.ITIMER_REAL, 5)
+    yield
+    signal.setitimer(signal.ITIMER_REAL, 0)
+    signal.signal(signal.SIGALRM, old)
+
+
+@pytest.fixture
+def held_lock(state_dir):
+    """Another process's locks on both stores (separate open file descriptions)."""
+    fds = [os.open(os.path.join(state_dir, name), os.O_RDWR | os.O_CREAT, 0o600)
+           for name in ("remember.json.lock", "devices.json.lock")]
+    for fd in fds:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+    yield
+    for fd in fds:
+        os.close(fd)
+
+
+def test_a_held_lock_skips_the_write_and_reports_it(state_dir, problems, no_hang, held_lock, monkeypatch):
+    monkeypatch.setattr(state_mod, "LOCK_WAIT", 0.05, raising=False)
+    store = remember(state_dir, problems, FakeClock())
+    key = store.key("alice", "sshd", "203.0.113.5", "203.0.113.5")
+    store.record(key)
+    assert store.remaining(key) is None
+    assert not os.path.exists(os.path.join(state_dir, "remember.json"))
+    assert len(problems) == 1 and problems[0].startswith("remembering this login skipped: ")
+    assert "held by another process" in problems[0]
+    prefs = PreferredDevices(state_dir, on_problem=problems.append)
+    prefs.set("alice", "DPHONE1")
+    assert prefs.get("alice") is None
+    assert problems[-1].startswith("saving the preferred device skipped: ")
+
+
+def test_a_held_lock_still_clears_a_users_remembered_logins(state_dir, problems, no_hang, monkeypatch):
+    monkeypatch.setattr(state_mod, "LOCK_WAIT", 0.05, raising=False)
+    store = remember(state_dir, problems, FakeClock())
+    alice = store.key("alice", "sshd", "203.0.113.5", "203.0.113.5")
+    bob = store.key("bob", "sshd", "203.0.113.5", "203.0.113.5")
+    store.record(alice)
+    store.record(bob)
+    fd = os.open(os.path.join(state_dir, "remember.json.lock"), os.O_RDWR)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        store.forget_user("alice")  # a fraud report: clearing must not wait for, nor depend on, the lock
+    finally:
+        os.close(fd)
+    assert store.remaining(alice) is None and store.remaining(bob)
+    assert problems and "done without the lock" in problems[-1]
+
+
+def test_the_lock_wait_is_at_most_one_second():
+    assert 0 < state_mod.LOCK_WAIT <= 1.0
+
+
+def test_a_lock_released_in_time_is_taken(state_dir, problems, no_hang):
+    fd = os.open(os.path.join(state_dir, "remember.json.lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    timer = threading.Timer(0.05, os.close, (fd,))
+    timer.start()
+    store = remember(state_dir, problems, FakeClock())
+    key = store.key("alice", "sshd", "203.0.113.5", "203.0.113.5")
+    store.record(key)
+    timer.join()
+    assert store.remaining(key) and problems == []
+
+
+def test_a_failed_write_does_not_break_later_writes(state_dir, problems, monkeypatch):
+    store = remember(state_dir, problems, FakeClock())
+    key = store.key("alice", "sshd", "203.0.113.5", "203.0.113.5")
+    real_fsync = os.fsync
+
+    def full_disk(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full_disk)
+    store.record(key)
+    assert problems and "cannot write state file" in problems[0]
+    monkeypatch.setattr(os, "fsync", real_fsync)
+    store.record(key)
+    assert store.remaining(key)
+    assert sorted(os.listdir(state_dir)) == ["remember.json", "remember.json.lock"]
+
+
+# -- su: remembered per calling uid --------------------------------------------------------
+
+
+@pytest.mark.parametrize("service", ["su", "su-l"])
+def test_su_is_remembered_per_calling_uid(state_dir, problems, service):
+    def as_caller(uid):
+        return Remember(state_dir, 300, ("su", "su-l"), on_problem=problems.append, clock=FakeClock(), caller_uid=uid)
+
+    alice_herself = as_caller(1001)
+    alice_herself.record(alice_herself.key("alice", service, None, None))   # alice's own su, approved
+    assert alice_herself.remaining(alice_herself.key("alice", service, None, None))
+    bob = as_caller(1002)
+    assert bob.remaining(bob.key("alice", service, None, None)) is None    # bob's "su alice" is asked
+
+
+def test_su_without_a_known_caller_is_never_remembered(state_dir, problems):
+    store = Remember(state_dir, 300, ("su", "sudo"), on_problem=problems.append, clock=FakeClock())
+    assert store.key("alice", "su", None, None) is None
+    assert store.key("alice", "sudo", None, None)
+
+
 # -- the engine with the stores ------------------------------------------------------------
 
 
 def run(state_dir, problems, clock, *, preauth=AUTH, answers=("1",), status=None, remember_seconds=300,
         devices=True, **login_overrides):
-    duo = FakeDuo(preauth, [{"txid": "TX1"}], status or [APPROVED], clock=clock, status_takes=0.5)
+    duo = FakeDuo(preauth, [], status or [APPROVED], clock=clock, status_takes=0.5,
+                  auth_default=lambda factor, params: {"txid": "TX1"})
     ui = FakePrompter(answers)
     store = remember(state_dir, problems, clock, seconds=remember_seconds) if remember_seconds else None
     prefs = PreferredDevices(state_dir, on_problem=problems.append, clock=clock) if devices else None
@@ -166,6 +289,27 @@ def test_denied_or_fraud_push_clears_remembered_logins(state_dir, problems, stat
     clock = FakeClock()
     run(state_dir, problems, clock)  # remembered from 203.0.113.5
     other, _, _ = run(state_dir, problems, clock, status=status, rhost="198.51.100.7", ipaddr="198.51.100.7")
+    assert other.result is Result.AUTH_ERR
+    again, duo, _ = run(state_dir, problems, clock)
+    assert duo.factors == ["push"]
+
+
+def test_a_push_that_duo_timed_out_keeps_remembered_logins(state_dir, problems):
+    clock = FakeClock()
+    run(state_dir, problems, clock)  # remembered from 203.0.113.5
+    timed_out = AuthResult("deny", "timeout", "Login timed out.")
+    other, _, _ = run(state_dir, problems, clock, status=[timed_out] * 3, rhost="198.51.100.7", ipaddr="198.51.100.7",
+                      answers=("1", "1", "1"))
+    assert other.result is Result.MAXTRIES  # nobody answered: not a refusal
+    again, duo, _ = run(state_dir, problems, clock, answers=())
+    assert again.factor == "remembered" and duo.factors == []
+
+
+def test_locked_out_clears_remembered_logins(state_dir, problems):
+    clock = FakeClock()
+    run(state_dir, problems, clock)
+    locked = AuthResult("deny", "locked_out", "Locked out")
+    other, _, _ = run(state_dir, problems, clock, status=[locked], rhost="198.51.100.7", ipaddr="198.51.100.7")
     assert other.result is Result.AUTH_ERR
     again, duo, _ = run(state_dir, problems, clock)
     assert duo.factors == ["push"]

@@ -1,6 +1,7 @@
 """Who must do Duo, as whom, and group lookups (SPEC §4, §5)."""
 from __future__ import annotations
 
+import grp
 import os
 import pwd
 
@@ -164,11 +165,64 @@ def test_group_names_raise_when_a_group_lookup_fails(monkeypatch):
         users.group_names(ALICE)
 
 
-def test_group_without_a_name_counts_by_number(monkeypatch):
-    monkeypatch.setattr(users.os, "getgrouplist", lambda name, gid: [987654, 987654, 987655])
+def test_group_without_a_name_is_a_lookup_error_never_a_number(monkeypatch):
+    # glibc answers KeyError both for a gid with no entry and for an unreadable group database
+    monkeypatch.setattr(users.os, "getgrouplist", lambda name, gid: [987654, 987655])
 
     def getgrgid(gid):
         raise KeyError(gid)
 
     monkeypatch.setattr(users.grp, "getgrgid", getgrgid)
-    assert users.group_names(ALICE) == ["987654", "987655"]
+    with pytest.raises(UserLookupError, match="group 987654 of 'alice' has no name"):
+        users.group_names(ALICE)
+
+
+class FakeGroups:
+    """A group database: gid -> name, and name -> (gid, members); ``down`` names fail like an outage."""
+
+    def __init__(self, monkeypatch, listed, database):
+        self.database = database
+        monkeypatch.setattr(users.os, "getgrouplist", lambda name, gid: list(listed))
+        monkeypatch.setattr(users.grp, "getgrgid", self.getgrgid)
+        monkeypatch.setattr(users.grp, "getgrnam", self.getgrnam)
+
+    def getgrgid(self, gid):
+        for name, (number, _) in self.database.items():
+            if number == gid:
+                return grp.struct_group((name, "x", gid, []))
+        raise KeyError(gid)
+
+    def getgrnam(self, name):
+        if name not in self.database:
+            raise KeyError(name)
+        gid, members = self.database[name]
+        return grp.struct_group((name, "x", gid, members))
+
+
+def test_exempt_when_every_named_group_resolves_and_lacks_the_user(monkeypatch):
+    FakeGroups(monkeypatch, [1001], {"alice": (1001, []), "admins": (50, ["bob"])})
+    assert users.requires_duo(UsersSettings(groups=("admins",)), ALICE) is False
+    assert users.requires_duo(UsersSettings(groups=("admins",)), ALICE) is False
+
+
+def test_a_member_by_the_group_list_must_do_duo(monkeypatch):
+    FakeGroups(monkeypatch, [1001, 50], {"alice": (1001, []), "admins": (50, ["alice"])})
+    assert users.requires_duo(UsersSettings(groups=("admins",)), ALICE) is True
+
+
+def test_a_named_group_that_cannot_be_looked_up_is_a_lookup_error_not_an_exemption(monkeypatch):
+    # The directory is down: getgrouplist silently returns the primary group only, and the
+    # group named in users.groups cannot be found.
+    FakeGroups(monkeypatch, [1001], {"alice": (1001, [])})
+    with pytest.raises(UserLookupError, match="group 'admins' of users.groups cannot be looked up"):
+        users.requires_duo(UsersSettings(groups=("admins", "!temp*")), ALICE)
+
+
+def test_a_member_the_group_list_left_out_must_do_duo(monkeypatch):
+    FakeGroups(monkeypatch, [1001], {"alice": (1001, []), "admins": (50, ["alice"])})
+    assert users.requires_duo(UsersSettings(groups=("admins",)), ALICE) is True
+
+
+def test_wildcards_and_negated_patterns_are_not_looked_up_by_name(monkeypatch):
+    FakeGroups(monkeypatch, [1001], {"alice": (1001, [])})
+    assert users.requires_duo(UsersSettings(groups=("adm*", "ops?", "[xy]z", "!contractors")), ALICE) is False
