@@ -4,7 +4,10 @@ An HTTPS server on loopback that speaks the Auth API v2 endpoints the product us
 (``ping``, ``check``, ``preauth``, ``auth``, ``auth_status``), checks request signatures
 the way Duo does (signature version 5: canonical request, HMAC-SHA512, ``Date`` within
 300 s of its clock) and plays scripted users.  Standard library only, so it runs under
-``/usr/bin/python3 -I``.
+``/usr/bin/python3 -I``.  Form-encoded requests with signature v2 (date, method, host, path,
+parameters; HMAC-SHA512 as duo_unix 2.x signs, or HMAC-SHA1 as duo_client's
+``sig_version=2``) are accepted too, and the old REST v1 endpoints that Debian's
+``login_duo`` 1.11 speaks are served by :mod:`pam_duo_py.simulator_v1`.
 
 State directory
 ---------------
@@ -77,7 +80,8 @@ Fault kinds: ``500``, ``502``, ``503`` (that status, code 50000/50200/50300); ``
 request, never answer, hold the connection); ``malformed`` (200 with a cut JSON body);
 ``truncated`` (Content-Length larger than the bytes sent, then close); ``close`` (close
 without answering); ``missing-<field>`` (drop that key from ``response``);
-``result-<value>`` (replace ``result``); ``html`` (200 with a text/html body).  A suffix that
+``result-<value>`` (replace ``result``); ``status-<value>`` (replace ``status``: a status Duo may
+add one day); ``html`` (200 with a text/html body).  A suffix that
 does not parse is part of the name.  ``check`` has no username: use ``check_fault``
 (``--check-fault``) with the same ``kind[xN]`` syntax.
 """
@@ -147,7 +151,7 @@ _PUSH_TIMEOUT_RE = re.compile(r"pushtimeout-(\d+(?:\.\d+)?)s")
 _LOCKOUT_RE = re.compile(r"lockout-(\d+)")
 
 _KIND = (r"(?P<kind>50[023]|401|429(?:x?ra\d+(?:\.\d+)?)?|slow\d+(?:\.\d+)?|stall|malformed"
-         r"|truncated|close|html|missing-[^@+]+?|result-[^@+]+?)(?:x(?P<n>\d+))?")
+         r"|truncated|close|html|missing-[^@+]+?|result-[^@+]+?|status-[^@+]+?)(?:x(?P<n>\d+))?")
 _FAULT_RE = re.compile(_KIND + r"@(?P<ep>preauth|auth|auth_status|check|any)\Z")
 _CHECK_FAULT_RE = re.compile(_KIND + r"\Z")
 _UNRESERVED = string.ascii_letters + string.digits + "_.-~"
@@ -198,6 +202,15 @@ def canon_params(pairs: List[Tuple[str, str]]) -> str:
     enc = sorted((urllib.parse.quote(k, safe="~"), urllib.parse.quote(v, safe="~"))
                  for k, v in pairs)
     return "&".join(f"{k}={v}" for k, v in enc)
+
+
+def _form_encoded(req: "_Request") -> bool:
+    return (req.headers.get("Content-Type") or "").split(";", 1)[0].strip().lower() == \
+        "application/x-www-form-urlencoded"
+
+
+def _form_pairs(req: "_Request") -> List[Tuple[str, str]]:
+    return urllib.parse.parse_qsl(req.body.decode("utf-8", "replace"), keep_blank_values=True)
 
 
 def canonical_request(date: str, method: str, host: str, path: str,
@@ -576,6 +589,9 @@ class Simulator:
         from .simulator_admin import AdminApi
 
         self.admin = AdminApi(self, admin_fault)
+        from .simulator_v1 import RestV1
+
+        self.rest_v1 = RestV1(self)
 
     # -- lifecycle ----------------------------------------------------------------------
     def start(self) -> None:
@@ -692,6 +708,8 @@ class Simulator:
                     resp.pop(f.kind[len("missing-"):], None)
                 elif f.kind.startswith("result-"):
                     resp["result"] = f.kind[len("result-"):]
+                elif f.kind.startswith("status-"):
+                    resp["status"] = f.kind[len("status-"):]
         reply.fault = tokens
         return reply
 
@@ -726,6 +744,8 @@ class Simulator:
     def _route(self, req: _Request) -> _Reply:
         if req.path.startswith("/admin/"):
             return self.admin.route(req)
+        if req.path.startswith("/rest/v1/"):
+            return self.rest_v1.route(req)
         spec = ENDPOINTS.get(req.path)
         if spec is None:
             return _fail(40400, "Resource not found")
@@ -735,7 +755,9 @@ class Simulator:
         if name == "ping":
             return _ok({"time": int(self.now())})
         params: Dict[str, Any] = dict(req.query)
-        if method == "POST":
+        if method == "POST" and _form_encoded(req):
+            params = dict(_form_pairs(req))  # duo_unix 2.x and signature v2 clients
+        elif method == "POST":
             try:
                 params = json.loads(req.body.decode("utf-8") or "{}")
             except (UnicodeDecodeError, ValueError):
@@ -797,9 +819,15 @@ class Simulator:
         duo_headers = [(k, v) for k, v in req.headers.items() if k.lower().startswith("x-duo-")]
         canonical = canonical_request(date, req.method, host, req.path, req.query, req.body,
                                       duo_headers)
-        expected = hmac.new(own_skey.encode("utf-8"), canonical.encode("utf-8"),
-                            hashlib.sha512).hexdigest()
-        if not hmac.compare_digest(sig.lower().encode("utf-8"), expected.encode("utf-8")):
+        expected = [hmac.new(own_skey.encode("utf-8"), canonical.encode("utf-8"), hashlib.sha512).hexdigest()]
+        if req.method != "POST" or _form_encoded(req):
+            # Signature v2 (duo_unix 2.x: HMAC-SHA512; duo_client sig_version=2: HMAC-SHA1):
+            # date, method, host, path and the sorted parameters, no body hash.
+            pairs = _form_pairs(req) if req.method == "POST" else req.query
+            v2 = "\n".join([date, req.method.upper(), host.lower(), req.path, canon_params(pairs)]).encode("utf-8")
+            expected += [hmac.new(own_skey.encode("utf-8"), v2, digest).hexdigest()
+                         for digest in (hashlib.sha512, hashlib.sha1)]
+        if not any(hmac.compare_digest(sig.lower().encode("utf-8"), e.encode("utf-8")) for e in expected):
             return _fail(40103, "Invalid signature in request credentials")
         return None
 
