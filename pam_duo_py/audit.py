@@ -140,6 +140,25 @@ def summarise(records: Iterable[Any], since: float) -> dict[str, Any]:
 # Reading the files
 
 
+def open_for_reading(path: str, problems: list[str]) -> tuple[IO[bytes], os.stat_result] | None:
+    """An audit file (or a rotated one) opened under the file rule; None, with a problem noted, when it fails."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        reason = "is a symlink (symlinks are not followed)" if exc.errno == errno.ELOOP else f"cannot open: {exc.strerror}"
+        problems.append(f"{path}: {reason}")
+        return None
+    try:
+        st = files._check_fd(path, fd, secret=False)
+    except FileRuleError as exc:
+        os.close(fd)
+        problems.append(f"{exc.path}: {exc.reason}")
+        return None
+    return os.fdopen(fd, "rb"), st
+
+
 class _Source:
     def __init__(self, path: str, stream: IO[bytes]) -> None:
         self.path = path
@@ -158,21 +177,7 @@ class AuditReader:
         self._sources: list[_Source] = []
 
     def _open(self, path: str) -> tuple[IO[bytes], os.stat_result] | None:
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
-        except FileNotFoundError:
-            return None
-        except OSError as exc:
-            reason = "is a symlink (symlinks are not followed)" if exc.errno == errno.ELOOP else f"cannot open: {exc.strerror}"
-            self.problems.append(f"{path}: {reason}")
-            return None
-        try:
-            st = files._check_fd(path, fd, secret=False)
-        except FileRuleError as exc:
-            os.close(fd)
-            self.problems.append(f"{exc.path}: {exc.reason}")
-            return None
-        return os.fdopen(fd, "rb"), st
+        return open_for_reading(path, self.problems)
 
     def open_all(self) -> None:
         """Open the current file and the rotated ones, newest first, each once."""

@@ -88,6 +88,17 @@ def _parser() -> argparse.ArgumentParser:
     audit.add_argument("--file", metavar="PATH",
                        help="the audit file to read (default: log.audit_file of the config; with --file no config "
                             "is needed)")
+    metrics = sub.add_parser("metrics", help="print Prometheus metrics (or write them for node_exporter)",
+                             description="Prometheus text-format metrics from the audit file (log.audit_file) and the "
+                                         "broker: logins by outcome, service and factor, fail-safe and remembered "
+                                         "logins, Duo request latency and errors, the clock offset, broker health. "
+                                         "Counters are kept in a state file and survive rotation of the audit file. "
+                                         "Exit 0, 2 when the textfile cannot be written.")
+    metrics.add_argument("--textfile", metavar="DIR",
+                         help="write DIR/pam_duo_py.prom atomically for node_exporter's textfile collector "
+                              "(Debian: /var/lib/prometheus/node-exporter) instead of printing")
+    metrics.add_argument("--state", metavar="FILE", default=None,
+                         help="the state file (default /var/lib/pam_duo_py/metrics-state.json)")
     return parser
 
 
@@ -286,6 +297,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not args.src:
             print(f"pam-duo-py import-duo-unix: converting {src}", file=sys.stderr)
         return import_main(src, args.dest)
+    if args.command == "metrics":
+        from .metrics import STATE_FILE, main as metrics_main
+
+        return metrics_main(args.config, args.textfile, args.state or STATE_FILE)
     if args.command == "audit":
         from .audit import main as audit_main
 

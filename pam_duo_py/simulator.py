@@ -32,16 +32,38 @@ deny*          preauth ``deny`` ("Your account is disabled. Contact your adminis
 enroll*        preauth ``enroll`` with an ``enroll_portal_url``
 pushdeny*      push and phone resolve ``deny``/``deny`` ("Login request denied.")
 fraud*         push and phone resolve ``deny``/``fraud``
-pushtimeout*   push and phone never resolve (``waiting``; a sync ``/auth`` holds until the
-               client gives up)
+pushtimeout*   nobody answers: as real Duo, push and phone end ``deny``/``timeout`` ("Login
+               timed out.") after the push timeout: ``pushtimeout-<S>s...`` (e.g.
+               ``pushtimeout-2s``, decimals allowed) after S seconds, else after
+               ``--push-timeout`` (default 60, Duo's). A sync ``/auth`` holds until then,
+               or until the client gives up
+pushfail*      the push first reports ``waiting``/``push_failed`` ("Push notification
+               failed."), then is approved after ``approve_delay``
+bypass*        a user in Duo bypass mode: preauth ``auth``; every ``/auth`` (push, phone,
+               passcode, sms) ends ``allow``/``bypass`` ("Allowing user in bypass mode")
+lockedout*     Duo locks the user at the first ``/auth``: it ends ``deny``/``locked_out``
+               at once, and from then on preauth answers ``deny`` (locked out)
+lockout-<N>*   locked out after N wrong passcodes (``lockout-3...``): wrong passcodes
+               1..N-1 are ``deny``/``deny``, the Nth is ``deny``/``locked_out``, and then
+               as ``lockedout``; a valid passcode before that resets the count
 tokenonly*     the only device is a token: passcodes only
 onedevice*     one phone with capabilities ``auto``, ``push``
-vpush*         Verified Push: with ``client_supports_verified_push=1`` preauth returns a
-               ``txid``, async push returns a 3-digit ``verification_code``, and the push
-               resolves ``allow`` only if ``/auth`` carried that preauth ``txid``
+vpushmobile*   as ``vpush``, but the push is approved only once its code was "entered in
+               Duo Mobile": the file ``<state-dir>/duo-mobile/<username>`` holding the code
+               (a wrong code denies the push); ends ``deny``/``timeout`` as ``pushtimeout``
+vpush*         Verified Push as Duo does it: with ``client_supports_verified_push=1``
+               preauth returns a ``txid`` and a 3-digit ``verification_code``; the push's
+               first waiting ``status_msg`` repeats the code ("Enter the verification code
+               NNN in Duo Mobile."); it is approved only if ``/auth`` carried that preauth
+               ``txid`` (each txid once), else denied. Without the parameter: a plain push
 anything else  (``alice``, ``bob``...) two phones and a token; push/phone resolve ``allow``
                after ``approve_delay``
 =============  ===========================================================================
+
+A waiting transaction's first ``auth_status`` answers at once when its status is news
+(``push_failed``, a Verified Push code); otherwise ``auth_status`` long-polls until the
+status changes or ``--long-poll`` seconds pass. Lock-outs and Verified Push txids are kept in
+memory per username (use a fresh name per test, e.g. ``lockedout-a1``).
 
 A ``user_id`` of ``DU`` + 18 characters maps to the username ``iduser`` (behaves like alice).
 ``/auth`` for allow/deny/enroll users answers 400 40002.  ``sms`` and ``passcode`` answer
@@ -50,6 +72,7 @@ synchronously whatever ``async`` says; push, phone and auto honour ``async``.  V
 
 Fault kinds: ``500``, ``502``, ``503`` (that status, code 50000/50200/50300); ``401``
 (401 40103); ``429`` (code 42901, no Retry-After); ``429ra<S>`` (with ``Retry-After: S``);
+``429xra<S>`` (with ``X-Retry-After: S``, as Duo's own mock server sends it);
 ``slow<S>`` (sleep S seconds, decimals allowed, then answer normally); ``stall`` (read the
 request, never answer, hold the connection); ``malformed`` (200 with a cut JSON body);
 ``truncated`` (Content-Length larger than the bytes sent, then close); ``close`` (close
@@ -110,13 +133,20 @@ ONE_PHONE = {"device": "DPFZRS9FB0D46QFTM891", "type": "phone", "number": "XXX-X
 
 VALID_PASSCODES = frozenset({"123456", "987654"})
 OTP_RE = re.compile(r"cccccc[cbdefghijklnrtuv]{38}\Z")
-SCENARIOS = ("pushtimeout", "pushdeny", "tokenonly", "onedevice", "allow", "deny", "enroll",
-             "fraud", "vpush")
+SCENARIOS = ("pushtimeout", "pushdeny", "pushfail", "tokenonly", "onedevice", "allow", "deny", "enroll",
+             "fraud", "vpushmobile", "vpush", "bypass", "lockedout", "lockout")
 SUCCESS = ("allow", "allow", "Success. Logging you in...")
 DENIED = ("deny", "deny", "Login request denied.")
 FRAUD = ("deny", "fraud", "Login request reported as fraudulent.")
+TIMED_OUT = ("deny", "timeout", "Login timed out.")
+BYPASS = ("allow", "bypass", "Allowing user in bypass mode")
+LOCKED_OUT = ("deny", "locked_out", "Your account has been locked out due to excessive authentication failures.")
+WRONG_PASSCODE = ("deny", "deny", "Incorrect passcode. Please try again.")
+PUSH_FAILED = ("waiting", "push_failed", "Push notification failed.")
+_PUSH_TIMEOUT_RE = re.compile(r"pushtimeout-(\d+(?:\.\d+)?)s")
+_LOCKOUT_RE = re.compile(r"lockout-(\d+)")
 
-_KIND = (r"(?P<kind>50[023]|401|429(?:ra\d+(?:\.\d+)?)?|slow\d+(?:\.\d+)?|stall|malformed"
+_KIND = (r"(?P<kind>50[023]|401|429(?:x?ra\d+(?:\.\d+)?)?|slow\d+(?:\.\d+)?|stall|malformed"
          r"|truncated|close|html|missing-[^@+]+?|result-[^@+]+?)(?:x(?P<n>\d+))?")
 _FAULT_RE = re.compile(_KIND + r"@(?P<ep>preauth|auth|auth_status|check|any)\Z")
 _CHECK_FAULT_RE = re.compile(_KIND + r"\Z")
@@ -230,8 +260,11 @@ class _Txn:
     result: str
     status: str
     status_msg: str
+    news: bool = False  # the status is one the client has not been told yet: answer at once
+    mobile_code: Optional[str] = None  # vpushmobile: approved when this code is "entered in Duo Mobile"
 
     def view(self) -> Dict[str, str]:
+        self.news = False
         return {"result": self.result, "status": self.status, "status_msg": self.status_msg}
 
 
@@ -500,7 +533,8 @@ class Simulator:
 
     def __init__(self, state_dir: pathlib.Path, port: int = 0, approve_delay: float = 0.2,
                  long_poll: float = 10.0, clock_offset: float = 0.0, tls: str = "good",
-                 check_fault: Optional[str] = None, admin_fault: Optional[str] = None) -> None:
+                 check_fault: Optional[str] = None, admin_fault: Optional[str] = None,
+                 push_timeout: float = 60.0) -> None:
         if tls not in ("good", "wronghost"):
             raise ValueError("tls must be 'good' or 'wronghost'")
         if check_fault is not None and not _CHECK_FAULT_RE.match(check_fault):
@@ -510,6 +544,7 @@ class Simulator:
         self.requested_port = port
         self.approve_delay = approve_delay
         self.long_poll = long_poll
+        self.push_timeout = push_timeout
         self.clock_offset = clock_offset
         self.tls = tls
         self.check_fault = check_fault
@@ -533,7 +568,9 @@ class Simulator:
         self._txns: Dict[str, _Txn] = {}
         self._timers: List[threading.Timer] = []
         self._fault_counts: Dict[Tuple[str, str], int] = {}
-        self._vp_txids: Dict[str, set] = {}
+        self._vp_txids: Dict[str, Dict[str, str]] = {}  # username -> {preauth txid: code}
+        self._failures: Dict[str, int] = {}  # username -> wrong passcodes in a row
+        self._locked: set = set()  # usernames Duo has locked out
         from .simulator_admin import AdminApi
 
         self.admin = AdminApi(self, admin_fault)
@@ -667,6 +704,8 @@ class Simulator:
             reply = _fail(42901, "Too many requests")
             if kind.startswith("429ra"):
                 reply.headers["Retry-After"] = kind[5:]
+            elif kind.startswith("429xra"):
+                reply.headers["X-Retry-After"] = kind[6:]
             return reply
         if kind in ("stall", "close"):
             return _Reply(action=kind, status=0)
@@ -785,13 +824,17 @@ class Simulator:
                         "status_msg": "Enroll an authentication device to proceed",
                         "enroll_portal_url": "https://localhost/portal?code="
                                              + secrets.token_hex(8)})
+        with self._lock:
+            locked = user in self._locked
+        if locked:
+            return _ok({"result": "deny", "status_msg": LOCKED_OUT[2]})
         resp: Dict[str, Any] = {"result": "auth", "status_msg": "Account is active",
                                 "devices": devices_for(kind)}
-        if kind == "vpush" and str(params.get("client_supports_verified_push")) in ("1", "True"):
-            txid = str(uuid.uuid4())
+        if kind in ("vpush", "vpushmobile") and str(params.get("client_supports_verified_push")) in ("1", "True"):
+            txid, code = str(uuid.uuid4()), f"{secrets.randbelow(1000):03d}"
             with self._lock:
-                self._vp_txids.setdefault(user, set()).add(txid)
-            resp["txid"] = txid
+                self._vp_txids.setdefault(user, {})[txid] = code
+            resp["txid"], resp["verification_code"] = txid, code
         return _ok(resp)
 
     @staticmethod
@@ -817,10 +860,7 @@ class Simulator:
             code = params.get("passcode")
             if not isinstance(code, str) or not code:
                 return _fail(40001, "Missing required request parameters", "passcode")
-            if code in VALID_PASSCODES or OTP_RE.match(code):
-                return _ok(dict(zip(("result", "status", "status_msg"), SUCCESS)))
-            return _ok({"result": "deny", "status": "deny",
-                        "status_msg": "Incorrect passcode. Please try again."})
+            return _ok(dict(zip(("result", "status", "status_msg"), self._passcode(user, kind, code))))
         caps = {"push": ("push",), "auto": ("push", "phone"), "phone": ("phone",),
                 "sms": ("sms",)}.get(factor)
         if caps is None:
@@ -829,44 +869,102 @@ class Simulator:
         if isinstance(picked, _Reply):
             return picked
         device, method = picked
+        locked = self._lock_state(user, kind)
         if method == "sms":
+            if locked or kind == "bypass":
+                return _ok(dict(zip(("result", "status", "status_msg"), LOCKED_OUT if locked else BYPASS)))
             return _ok({"result": "deny", "status": "sent", "status_msg": "New SMS passcodes sent."})
         outcome: Optional[Tuple[str, str, str]] = SUCCESS
-        extra: Dict[str, str] = {}
-        if kind == "pushtimeout":
-            outcome = None
-        elif kind == "fraud":
-            outcome = FRAUD
-        elif kind == "pushdeny":
-            outcome = DENIED
-        elif kind == "vpush" and method == "push":
-            with self._lock:
-                issued = self._vp_txids.get(user)
-                if issued is not None:
-                    extra["verification_code"] = f"{secrets.randbelow(1000):03d}"
-                    outcome = SUCCESS if params.get("txid") in issued else DENIED
-                    issued.discard(params.get("txid"))
+        delay = self.approve_delay
         if method == "push":
             waiting = ("waiting", "pushed", "Pushed a login request to your device...")
         else:
             waiting = ("waiting", "calling", f"Dialing {device.get('number', '')}...")
-        txn = _Txn(str(uuid.uuid4()), user, method, *waiting)
+        news, mobile_code = False, None
+        if locked:
+            outcome, delay = LOCKED_OUT, 0.0
+        elif kind in ("pushtimeout", "vpushmobile"):
+            outcome, delay = TIMED_OUT, self._push_timeout_of(user)
+        elif kind == "fraud":
+            outcome = FRAUD
+        elif kind == "pushdeny":
+            outcome = DENIED
+        elif kind == "bypass":
+            outcome = BYPASS
+        elif kind == "pushfail" and method == "push":
+            waiting, news = PUSH_FAILED, True
+        if kind in ("vpush", "vpushmobile") and method == "push":
+            with self._lock:
+                issued = self._vp_txids.get(user)
+                code = issued.pop(params.get("txid"), None) if issued is not None else None
+            if issued is not None:  # preauth said Verified Push: only its txid can be approved
+                if code is None:
+                    outcome, delay = DENIED, self.approve_delay
+                else:
+                    waiting = ("waiting", "pushed", f"Enter the verification code {code} in Duo Mobile.")
+                    news = True
+                    if kind == "vpushmobile":
+                        mobile_code = code
+        txn = _Txn(str(uuid.uuid4()), user, method, *waiting, news=news, mobile_code=mobile_code)
         req.txid = txn.txid
         with self._lock:
             self._txns[txn.txid] = txn
-            if outcome is not None and not self._stopping.is_set():
-                timer = threading.Timer(self.approve_delay, self._resolve, (txn, outcome))
+            if not self._stopping.is_set():
+                timer = threading.Timer(delay, self._resolve, (txn, outcome))
                 timer.daemon = True
                 self._timers = [t for t in self._timers if t.is_alive()] + [timer]
                 timer.start()
         if str(params.get("async", "0")) in ("1", "True", "true"):
-            return _ok({"txid": txn.txid, **extra})
+            return _ok({"txid": txn.txid})
         view = self._wait(txn, None, req.client_gone)
         return _Reply(action="close", status=0) if view is None else _ok(view)
 
+    def _passcode(self, user: str, kind: str, code: str) -> Tuple[str, str, str]:
+        """The verdict on a passcode, counting wrong ones towards a lock-out."""
+        if self._lock_state(user, kind):
+            return LOCKED_OUT
+        if kind == "bypass":
+            return BYPASS
+        valid = code in VALID_PASSCODES or bool(OTP_RE.match(code))
+        limit = _LOCKOUT_RE.match(user)
+        with self._lock:
+            if valid:
+                self._failures.pop(user, None)
+                return SUCCESS
+            failures = self._failures.get(user, 0) + 1
+            self._failures[user] = failures
+            if limit and failures >= int(limit.group(1)):
+                self._locked.add(user)
+                return LOCKED_OUT
+        return WRONG_PASSCODE
+
+    def _lock_state(self, user: str, kind: str) -> bool:
+        """Whether ``user`` is locked out now; a ``lockedout`` user becomes so at the first ``/auth``."""
+        with self._lock:
+            if kind == "lockedout" and user not in self._locked:
+                self._locked.add(user)
+            return user in self._locked
+
+    def _push_timeout_of(self, user: str) -> float:
+        match = _PUSH_TIMEOUT_RE.match(user)
+        return float(match.group(1)) if match else self.push_timeout
+
+    def _check_mobile(self, txn: _Txn) -> None:
+        """vpushmobile: the code "entered in Duo Mobile" (a file) approves or denies the push."""
+        path = self.state_dir / "duo-mobile" / txn.username
+        try:
+            entered = path.read_text(encoding="utf-8").strip()
+        except OSError:
+            return
+        path.unlink(missing_ok=True)
+        self._resolve(txn, SUCCESS if entered == txn.mobile_code else DENIED)
+
     def _resolve(self, txn: _Txn, outcome: Tuple[str, str, str]) -> None:
         with self._cond:
+            if txn.result != "waiting":
+                return  # resolved already (approved in Duo Mobile, or timed out)
             txn.result, txn.status, txn.status_msg = outcome
+            txn.news = True
             self._log({"event": "push_resolved", "txid": txn.txid, "result": txn.result,
                        "status": txn.status, "ts": time.time()})
             self._cond.notify_all()
@@ -880,18 +978,27 @@ class Simulator:
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
-            while txn.result == "waiting":
+            # A sync /auth waits for the verdict; a long poll also answers news at once.
+            while txn.result == "waiting" and not (txn.news and deadline is not None):
                 if self._stopping.is_set():
                     return None if deadline is None else txn.view()
+                if txn.mobile_code is not None:
+                    self._cond.release()
+                    try:
+                        self._check_mobile(txn)
+                    finally:
+                        self._cond.acquire()
+                    if txn.result != "waiting":
+                        break
                 if deadline is None:
-                    self._cond.wait(0.25)
+                    self._cond.wait(0.1 if txn.mobile_code else 0.25)
                     if client_gone():
                         return None
                     continue
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
-                self._cond.wait(remaining)
+                self._cond.wait(min(remaining, 0.1) if txn.mobile_code else remaining)
             return txn.view()
 
     def _auth_status(self, req: _Request, params: Dict[str, Any]) -> _Reply:
@@ -919,6 +1026,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                     help="seconds before a scripted push or call is answered")
     ap.add_argument("--long-poll", type=float, default=10.0, metavar="S",
                     help="longest auth_status wait before answering 'waiting'")
+    ap.add_argument("--push-timeout", type=float, default=60.0, metavar="S",
+                    help="seconds before an unanswered push or call ends deny/timeout (Duo: about 60)")
     ap.add_argument("--clock-offset", type=float, default=0.0, metavar="S",
                     help="seconds the simulator's clock is ahead of real time")
     ap.add_argument("--tls", choices=("good", "wronghost"), default="good",
@@ -938,6 +1047,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         sim = Simulator(state, port=args.port, approve_delay=args.approve_delay,
                         long_poll=args.long_poll, clock_offset=args.clock_offset,
+                        push_timeout=args.push_timeout,
                         tls=args.tls, check_fault=args.check_fault, admin_fault=args.admin_fault)
         sim.start()
     except (OSError, RuntimeError, ValueError) as exc:

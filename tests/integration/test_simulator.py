@@ -217,9 +217,12 @@ def test_sync_push_and_phone_outcomes(sim: Simulator) -> None:
 def test_verified_push(sim: Simulator) -> None:
     c = client(sim)
     pre = c.preauth(username="vpush", client_supports_verified_push="1")
-    assert pre["result"] == "auth" and pre["txid"]
+    assert pre["result"] == "auth" and pre["txid"] and re.fullmatch(r"\d{3}", pre["verification_code"])
     resp = c.auth("push", username="vpush", device="auto", async_txn=True, txid=pre["txid"])
-    assert re.fullmatch(r"\d{3}", resp["verification_code"])
+    assert set(resp) == {"txid"}
+    first = c.json_api_call("GET", "/auth/v2/auth_status", {"txid": resp["txid"]})
+    assert first == {"result": "waiting", "status": "pushed",
+                     "status_msg": f"Enter the verification code {pre['verification_code']} in Duo Mobile."}
     assert c.auth_status(resp["txid"])["success"] is True
     pre = c.preauth(username="vpush2", client_supports_verified_push="1")
     resp = c.auth("push", username="vpush2", device="auto", async_txn=True)
@@ -433,3 +436,90 @@ def test_cli(tmp_path: pathlib.Path) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+# ------------------------------------------------------------------ real Duo's statuses
+def status_of(c: duo_client.Auth, txid: str) -> Dict[str, str]:
+    return c.json_api_call("GET", "/auth/v2/auth_status", {"txid": txid})
+
+
+def test_unanswered_push_ends_deny_timeout_after_its_timeout(sim: Simulator) -> None:
+    c = client(sim)
+    txid = c.auth("push", username="pushtimeout-0.3s", device="auto", async_txn=True)["txid"]
+    assert status_of(c, txid) == {"result": "deny", "status": "timeout", "status_msg": "Login timed out."}
+    assert c.auth("phone", username="pushtimeout-0.3s-b", device="DPFZRS9FB0D46QFTM891")["status"] == "timeout"
+
+
+def test_unanswered_push_default_timeout_is_settable(make_sim: Any) -> None:
+    s = make_sim(push_timeout=0.3)
+    c = client(s)
+    txid = c.auth("push", username="pushtimeout", device="auto", async_txn=True)["txid"]
+    assert status_of(c, txid)["status"] == "timeout"
+
+
+def test_push_failed_is_reported_at_once_then_approved(sim: Simulator) -> None:
+    c = client(sim)
+    txid = c.auth("push", username="pushfail", device="auto", async_txn=True)["txid"]
+    assert status_of(c, txid) == {"result": "waiting", "status": "push_failed",
+                                  "status_msg": "Push notification failed."}
+    assert status_of(c, txid)["result"] == "allow"
+
+
+def test_bypass_user(sim: Simulator) -> None:
+    c = client(sim)
+    assert c.preauth(username="bypass")["result"] == "auth"
+    assert c.auth("passcode", username="bypass", passcode="000000")["status"] == "bypass"
+    txid = c.auth("push", username="bypass", device="auto", async_txn=True)["txid"]
+    assert status_of(c, txid) == {"result": "allow", "status": "bypass", "status_msg": "Allowing user in bypass mode"}
+
+
+def test_locked_out_at_the_first_auth(sim: Simulator) -> None:
+    c = client(sim)
+    assert c.preauth(username="lockedout-i1")["result"] == "auth"
+    txid = c.auth("push", username="lockedout-i1", device="auto", async_txn=True)["txid"]
+    assert status_of(c, txid)["status"] == "locked_out"
+    denied = c.preauth(username="lockedout-i1")
+    assert denied["result"] == "deny" and "locked out" in denied["status_msg"]
+    assert c.auth("passcode", username="lockedout-i2", passcode="123456")["status"] == "locked_out"
+
+
+def test_locked_out_after_n_wrong_passcodes(sim: Simulator) -> None:
+    c = client(sim)
+    user = "lockout-3-i1"
+    assert c.auth("passcode", username=user, passcode="111111")["status"] == "deny"
+    assert c.auth("passcode", username=user, passcode="123456")["status"] == "allow"  # resets the count
+    assert [c.auth("passcode", username=user, passcode="111111")["status"] for _ in range(3)] == \
+        ["deny", "deny", "locked_out"]
+    assert c.auth("passcode", username=user, passcode="123456")["status"] == "locked_out"
+    assert c.preauth(username=user)["result"] == "deny"
+
+
+def test_verified_push_needs_the_preauth_txid_once(sim: Simulator) -> None:
+    c = client(sim)
+    pre = c.preauth(username="vpush-once", client_supports_verified_push="1")
+    first = c.auth("push", username="vpush-once", device="auto", async_txn=True, txid=pre["txid"])["txid"]
+    assert status_of(c, first)["result"] == "waiting"  # the code
+    assert status_of(c, first)["result"] == "allow"
+    again = c.auth("push", username="vpush-once", device="auto", async_txn=True, txid=pre["txid"])["txid"]
+    assert status_of(c, again)["result"] == "deny"  # a txid is good for one push
+
+
+def test_verified_push_approved_in_duo_mobile_with_the_right_code(sim: Simulator) -> None:
+    c = client(sim)
+    mobile = sim.state_dir / "duo-mobile"
+    mobile.mkdir(exist_ok=True)
+    for user, right in (("vpushmobile-ok", True), ("vpushmobile-bad", False)):
+        pre = c.preauth(username=user, client_supports_verified_push="1")
+        txid = c.auth("push", username=user, device="auto", async_txn=True, txid=pre["txid"])["txid"]
+        assert status_of(c, txid)["result"] == "waiting"  # the code, at once
+        (mobile / user).write_text(pre["verification_code"] if right else "000")
+        assert status_of(c, txid)["result"] == ("allow" if right else "deny")
+
+
+def test_fault_429_x_retry_after(sim: Simulator) -> None:
+    conn = https(sim)
+    first = signed_request(sim, conn, "POST", "/auth/v2/preauth", {"username": "allow3+429xra2x1@preauth"})
+    assert first.status == 429 and first.getheader("X-Retry-After") == "2" and first.getheader("Retry-After") is None
+    first.read()
+    second = signed_request(sim, conn, "POST", "/auth/v2/preauth", {"username": "allow3+429xra2x1@preauth"})
+    assert second.status == 200

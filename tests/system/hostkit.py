@@ -38,7 +38,8 @@ EXAMPLES = REPO / "etc" / "pam.d"
 PAM_LINE = f"pam_python.so {ENTRY}"
 
 # short name -> Duo user the simulator plays (see pam_duo_py/simulator.py)
-HOST_USERS = ("alice", "bob", "allow", "deny", "enroll", "pushdeny", "vpush", "pushtimeout", "tokenonly")
+HOST_USERS = ("alice", "bob", "allow", "deny", "enroll", "pushdeny", "vpush", "vpushmobile", "pushtimeout",
+              "tokenonly")
 USER_PREFIX = "pdt-host-"
 
 # What the simulator's default users (two phones and a token) see: SPEC section 6.

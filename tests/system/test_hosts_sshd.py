@@ -29,7 +29,9 @@ SUCCESS = "Success. Logging you in..."
 
 # The askpass script: each call appends its prompt ($1) and a NUL to "prompts" and answers the
 # next line of "answers". "!fail" exits 1 (ssh then sends an empty answer); "!interrupt" is a
-# Ctrl-C at the prompt: SIGINT to ssh. A prompt beyond the answers also exits 1.
+# Ctrl-C at the prompt: SIGINT to ssh; "!duo-mobile:NAME" types the Verification code shown in
+# the prompt into "Duo Mobile" of the simulator's user NAME (a file under $PDT_DUO_MOBILE) and
+# presses Enter. A prompt beyond the answers also exits 1.
 ASKPASS = r"""#!/bin/sh
 d=$PDT_ASKPASS_DIR
 printf '%s\000' "$1" >> "$d/prompts"
@@ -40,6 +42,11 @@ answer=$(sed -n "${n}p" "$d/answers")
 case $answer in
     '!fail') exit 1 ;;
     '!interrupt') kill -INT "$PPID"; exit 1 ;;
+    '!duo-mobile:'*)
+        code=$(printf '%s\n' "$1" | sed -n 's/.*Verification code: \([0-9]*\)$/\1/p')
+        mkdir -p "$PDT_DUO_MOBILE"
+        printf '%s\n' "$code" > "$PDT_DUO_MOBILE/${answer#!duo-mobile:}"
+        answer='' ;;
 esac
 printf '%s\n' "$answer"
 """
@@ -100,6 +107,7 @@ class Client:
         self.known_hosts = root / "known_hosts"
         self.askpass = root / "askpass"
         self.runs = 0
+        self.duo_mobile: Path | None = None  # the simulator's "Duo Mobile" directory
 
     def login(self, user: str, answers: list[str], command: str = "echo LOGGED-IN",
               timeout: float = 60) -> SshRun:
@@ -111,6 +119,8 @@ class Client:
         env = clean_env()
         env.update({"SSH_ASKPASS": str(self.askpass), "SSH_ASKPASS_REQUIRE": "force",
                     "PDT_ASKPASS_DIR": str(work), "HOME": str(self.root)})
+        if self.duo_mobile is not None:
+            env["PDT_DUO_MOBILE"] = str(self.duo_mobile)
         argv = ["ssh", "-F", "/dev/null", "-p", str(self.sshd.port), "-i", str(self.key),
                 "-o", "IdentitiesOnly=yes", "-o", "IdentityAgent=none",
                 "-o", f"UserKnownHostsFile={self.known_hosts}", "-o", "GlobalKnownHostsFile=/dev/null",
@@ -156,7 +166,9 @@ def ssh(host_env, host_root, host_users) -> Client:
         sshd.start()
         host_public = (root / "host_key.pub").read_text().split()
         _write_root_file(root / "known_hosts", f"[127.0.0.1]:{sshd.port} {host_public[0]} {host_public[1]}\n", 0o644)
-        yield Client(sshd, root)
+        client = Client(sshd, root)
+        client.duo_mobile = host_env.simulator.state_dir / "duo-mobile"
+        yield client
     finally:
         sshd.stop()
         PAM_FILE.unlink(missing_ok=True)
@@ -280,6 +292,24 @@ def test_verified_push_code_is_shown_before_the_wait(ssh, host):
     calls = host.calls(mark)
     assert calls[:2] == [("preauth", "vpush", None), ("auth", "vpush", "push")]
     assert host.requests(mark)[-1]["path"] == "/auth/v2/auth_status"
+    assert host.audit_events(mark)[-1]["outcome"] == "success"
+
+
+def test_verified_push_is_approved_only_after_the_code_was_on_the_screen(ssh, host):
+    """The simulator approves this push only once its code is "entered in Duo Mobile"; the askpass
+    can only do that with the code it was shown in the prompt, before the wait."""
+    host.configure(verified_push=True)
+    user = host.users["vpushmobile"]
+    mark = host.mark()
+    run = ssh.login(user, ["1", "!duo-mobile:vpushmobile"])
+    assert run.returncode == 0 and run.stdout == "LOGGED-IN\n", run
+    assert len(run.prompts) == 2 and run.prompts[0] == menu(user, sshd=True), run
+    assert re.fullmatch(r"Verification code: [0-9]{3}\nEnter this code in Duo Mobile to approve the login\."
+                        + re.escape(PRESS_ENTER), run.prompts[1]), run.prompts[1]
+    calls = host.calls(mark)
+    assert calls[:2] == [("preauth", "vpushmobile", None), ("auth", "vpushmobile", "push")]
+    resolved = [r for r in host.simulator.requests(since=mark[0]) if r.get("event") == "push_resolved"]
+    assert [(r["result"], r["status"]) for r in resolved] == [("allow", "allow")]
     assert host.audit_events(mark)[-1]["outcome"] == "success"
 
 

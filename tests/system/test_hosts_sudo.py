@@ -23,7 +23,7 @@ SUDO_I_SERVICE = "pdt-host-sudo-i"
 SUDOERS = Path("/etc/sudoers.d/pdt-host")
 RUNUSER = "/usr/sbin/runuser"
 SUDO = "/usr/bin/sudo"
-SUDO_USERS = ("alice", "deny", "enroll", "pushdeny", "vpush")
+SUDO_USERS = ("alice", "deny", "enroll", "pushdeny", "vpush", "vpushmobile")
 
 
 @pytest.fixture(scope="module")
@@ -171,6 +171,32 @@ def test_verified_push_code_is_shown(sudo, host):
         assert term.finish() == 0
         assert re.fullmatch(r"1\nVerification code: [0-9]{3}\nEnter this code in Duo Mobile to approve the login\.\n"
                             r"root\n", term.rest()), term.rest()
+
+
+def test_verified_push_approved_with_the_code_on_the_screen(sudo, host):
+    """The simulator approves this push only once the code is "entered in Duo Mobile", which the
+    person does here from what the terminal shows: the code is on the screen before the approval."""
+    host.configure(verified_push=True)
+    user = host.users["vpushmobile"]
+    mark = host.mark()
+    with sudo_on_a_tty(host, "vpushmobile", "id", "-un") as term:
+        term.expect(menu(user))
+        term.line("1")
+        shown = term.expect("Enter this code in Duo Mobile to approve the login.\n")
+        code = re.search(r"Verification code: ([0-9]{3})\n", shown).group(1)
+        type_in_duo_mobile(host, "vpushmobile", code)
+        assert term.finish() == 0
+        assert term.rest() == "root\n", term.rest()
+    _success(host, mark, user, SUDO_SERVICE, "push")
+    resolved = [r for r in host.simulator.requests(since=mark[0]) if r.get("event") == "push_resolved"]
+    assert [(r["result"], r["status"]) for r in resolved] == [("allow", "allow")]
+
+
+def type_in_duo_mobile(host, duo_user: str, code: str) -> None:
+    """What the simulator's vpushmobile users read as the code typed into Duo Mobile."""
+    mobile = host.simulator.state_dir / "duo-mobile"
+    mobile.mkdir(mode=0o700, exist_ok=True)
+    (mobile / duo_user).write_text(code + "\n")
 
 
 # ------------------------------------------------------------------ no terminal (Ansible's become)
