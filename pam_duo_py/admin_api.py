@@ -30,7 +30,7 @@ STATE_TEXT = {
     "push": "Duo Push",
     "phone_sms": "phone call or SMS passcodes only (no push)",
     "passcode_only": "passcodes only (token or Duo Mobile passcodes)",
-    "not_enrolled": "LOCKED OUT: not enrolled (no usable device)",
+    "not_enrolled": "LOCKED OUT: not enrolled",
     "unknown": "LOCKED OUT: unknown to Duo",
     "disabled": "LOCKED OUT: disabled in Duo",
     "locked_out": "LOCKED OUT: locked out by Duo (too many failures)",

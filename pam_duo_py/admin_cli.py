@@ -270,11 +270,12 @@ def cmd_readiness(config: Config, api: AdminApi, service: str, as_json: bool) ->
     if as_json:
         print(json.dumps(report, indent=2, ensure_ascii=True))
     else:
-        width_user = max([len("LOCAL USER")] + [len(r[0]) for r in rows])
-        width_duo = max([len("DUO USER")] + [len(r[1]) for r in rows])
-        print(f"{'LOCAL USER':<{width_user}}  {'DUO USER':<{width_duo}}  NEXT LOGIN")
-        for (name, duo_user, state), why in zip(rows, notes):
-            print(f"{name:<{width_user}}  {duo_user:<{width_duo}}  {STATE_TEXT[state]} ({why})")
+        header = ("LOCAL USER", "DUO USER", "STATE", "LOCKED OUT")
+        table = [(name, duo_user, state, "YES" if locked["locked_out"] else "no")
+                 for (name, duo_user, state), locked in zip(rows, report["users"])]
+        widths = [max([len(h)] + [len(r[i]) for r in table]) for i, h in enumerate(header)]
+        for cells, why in [(header, "WHY")] + list(zip(table, notes)):
+            print("  ".join(f"{c:<{w}}" for c, w in zip(cells, widths)) + f"  {why}")
         print(f"Total: {report['total']} local user{'s' if report['total'] != 1 else ''} must do Duo"
               f"{f' (service {service})' if service != SERVICE else ''}; "
               f"{report['locked_out']} would be locked out.")

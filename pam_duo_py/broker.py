@@ -279,19 +279,28 @@ class _Pooled:
 
 
 class ClientPool:
-    """Warm Duo connections kept between logins."""
+    """Duo clients kept between logins, the next one's connection kept warm (see :mod:`pam_duo_py.keepwarm`).
 
-    def __init__(self, settings: Any, factory: Callable[[Any], Any] | None = None) -> None:
+    ``background=False`` leaves the keeper's passes to the caller (unit tests, with a fake clock).
+    """
+
+    def __init__(self, settings: Any, factory: Callable[[Any], Any] | None = None, *,
+                 clock: Callable[[], float] = time.monotonic, background: bool = True) -> None:
         self.settings = settings
         self._factory = factory
         import threading
 
+        from .keepwarm import Keeper
+
         self._idle: list[Any] = []
         self._lock = threading.Lock()
+        self.keeper = Keeper(self._lock, self._idle, clock)
+        self._background = background
 
     def get(self, settings: Any) -> _Pooled:
         with self._lock:
             client = self._idle.pop() if self._idle and settings == self.settings else None
+            self.keeper.taken(client)
         if client is None:
             if self._factory is not None:
                 client = self._factory(settings)
@@ -305,12 +314,22 @@ class ClientPool:
         with self._lock:
             if client.settings == self.settings and len(self._idle) < MAX_IDLE_CLIENTS:
                 self._idle.append(client)
-                return
-        client.close()
+                self.keeper.returned(client)
+                warm = self._background and hasattr(client, "warm_up")
+            else:
+                warm = None
+        if warm is None:
+            client.close()
+        elif warm:
+            self.keeper.start()
 
     def close(self) -> None:
+        self.keeper.stop()
         with self._lock:
-            idle, self._idle = self._idle, []
+            idle = list(self._idle)
+            self._idle.clear()
+            for client in idle:
+                self.keeper.forget(client)
         for client in idle:
             client.close()
 

@@ -104,7 +104,27 @@ def _peer_closed(sock: Any) -> bool:
         readable, _, _ = select.select([sock.fileno()], [], [], 0)
     except (OSError, ValueError):
         return True
-    return bool(readable)
+    if not readable:
+        return False
+    # A TLS 1.3 server sends session tickets after the handshake: readable, yet no data and
+    # no close. Reading without blocking consumes such records and tells the two apart.
+    raw = getattr(sock, "_sock", sock)
+    if not isinstance(raw, ssl.SSLSocket):
+        return True
+    timeout = raw.gettimeout()
+    try:
+        raw.setblocking(False)
+        raw.recv(1)
+        return True  # the close (b"") or data nobody asked for: either way not reusable
+    except ssl.SSLWantReadError:
+        return False
+    except (OSError, ValueError):
+        return True
+    finally:
+        try:
+            raw.settimeout(timeout)
+        except OSError:
+            pass
 
 
 class _Lookups:
@@ -445,6 +465,50 @@ class DuoClient:
 
     def close(self) -> None:
         self._auth.close()
+
+    # -- the idle keep-alive connection (the broker keeps it warm between logins) --------------
+
+    def fileno(self) -> int | None:
+        """The open connection's descriptor (readable once the server closes it), or None."""
+        conn = self._auth._conn
+        sock = conn.sock if conn is not None else None
+        try:
+            return sock.fileno() if sock is not None else None
+        except OSError:
+            return None
+
+    def connected(self) -> bool:
+        """An open connection the server has not closed (or written to) while idle."""
+        conn = self._auth._conn
+        return conn is not None and not _peer_closed(conn.sock)
+
+    def warm_up(self, timeout: float) -> bool:
+        """Open the connection (TCP and TLS) now, sending nothing; False (and closed) on failure."""
+        auth = self._auth
+        auth.deadline = self._clock() + min(timeout, self.settings.timeout)
+        try:
+            if auth._conn is None:
+                auth._conn = auth._connect()
+            if auth._conn.sock is None:
+                auth._conn.connect()
+            return True
+        except Exception:
+            auth.close()
+            return False
+
+    def ping(self, timeout: float) -> bool:
+        """Duo's ``/auth/v2/ping`` on the idle connection (not a login request); False (and closed) on failure.
+
+        Not noted in :attr:`calls`: those belong to logins.
+        """
+        auth = self._auth
+        auth.deadline = self._clock() + min(timeout, self.settings.timeout)
+        try:
+            auth.ping()
+            return True
+        except Exception:
+            auth.close()
+            return False
 
     def call(self, method: str, path: str, params: dict[str, str], timeout: float | None = None) -> Any:
         """One API call under one deadline; every failure leaves here as a :class:`DuoError`.

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import socket
-import struct
 from typing import Any
 
 from .logline import IDENT, LOG_AUTHPRIV
@@ -44,7 +43,7 @@ FIELDS = (
 def encode_field(name: str, value: str) -> bytes:
     data = value.encode("utf-8", "replace")
     if b"\n" in data:
-        return name.encode("ascii") + b"\n" + struct.pack("<Q", len(data)) + data + b"\n"
+        return name.encode("ascii") + b"\n" + len(data).to_bytes(8, "little") + data + b"\n"
     return name.encode("ascii") + b"=" + data + b"\n"
 
 

@@ -4,7 +4,10 @@ An HTTPS server on loopback that speaks the Auth API v2 endpoints the product us
 (``ping``, ``check``, ``preauth``, ``auth``, ``auth_status``), checks request signatures
 the way Duo does (signature version 5: canonical request, HMAC-SHA512, ``Date`` within
 300 s of its clock) and plays scripted users.  Standard library only, so it runs under
-``/usr/bin/python3 -I``.
+``/usr/bin/python3 -I``.  Form-encoded requests with signature v2 (date, method, host, path,
+parameters; HMAC-SHA512 as duo_unix 2.x signs, or HMAC-SHA1 as duo_client's
+``sig_version=2``) are accepted too, and the old REST v1 endpoints that Debian's
+``login_duo`` 1.11 speaks are served by :mod:`pam_duo_py.simulator_v1`.
 
 State directory
 ---------------
@@ -200,6 +203,15 @@ def canon_params(pairs: List[Tuple[str, str]]) -> str:
     return "&".join(f"{k}={v}" for k, v in enc)
 
 
+def _form_encoded(req: "_Request") -> bool:
+    return (req.headers.get("Content-Type") or "").split(";", 1)[0].strip().lower() == \
+        "application/x-www-form-urlencoded"
+
+
+def _form_pairs(req: "_Request") -> List[Tuple[str, str]]:
+    return urllib.parse.parse_qsl(req.body.decode("utf-8", "replace"), keep_blank_values=True)
+
+
 def canonical_request(date: str, method: str, host: str, path: str,
                       pairs: List[Tuple[str, str]], body: bytes,
                       duo_headers: List[Tuple[str, str]]) -> str:
@@ -380,6 +392,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                  conn_id: int) -> None:
         self.conn_id = conn_id
         self.sim: Simulator = server.sim
+        self.timeout = self.sim.idle_timeout  # a keep-alive connection idle this long is closed
         super().__init__(request, client_address, server)
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
@@ -534,7 +547,7 @@ class Simulator:
     def __init__(self, state_dir: pathlib.Path, port: int = 0, approve_delay: float = 0.2,
                  long_poll: float = 10.0, clock_offset: float = 0.0, tls: str = "good",
                  check_fault: Optional[str] = None, admin_fault: Optional[str] = None,
-                 push_timeout: float = 60.0) -> None:
+                 push_timeout: float = 60.0, idle_timeout: float = IDLE_TIMEOUT) -> None:
         if tls not in ("good", "wronghost"):
             raise ValueError("tls must be 'good' or 'wronghost'")
         if check_fault is not None and not _CHECK_FAULT_RE.match(check_fault):
@@ -548,6 +561,7 @@ class Simulator:
         self.clock_offset = clock_offset
         self.tls = tls
         self.check_fault = check_fault
+        self.idle_timeout = idle_timeout
         ensure_pki(self.state_dir)
         self.ikey, self.skey = _load_keys(self.state_dir)
         self.ca_file = self.state_dir / "ca.pem"
@@ -574,6 +588,9 @@ class Simulator:
         from .simulator_admin import AdminApi
 
         self.admin = AdminApi(self, admin_fault)
+        from .simulator_v1 import RestV1
+
+        self.rest_v1 = RestV1(self)
 
     # -- lifecycle ----------------------------------------------------------------------
     def start(self) -> None:
@@ -724,6 +741,8 @@ class Simulator:
     def _route(self, req: _Request) -> _Reply:
         if req.path.startswith("/admin/"):
             return self.admin.route(req)
+        if req.path.startswith("/rest/v1/"):
+            return self.rest_v1.route(req)
         spec = ENDPOINTS.get(req.path)
         if spec is None:
             return _fail(40400, "Resource not found")
@@ -733,7 +752,9 @@ class Simulator:
         if name == "ping":
             return _ok({"time": int(self.now())})
         params: Dict[str, Any] = dict(req.query)
-        if method == "POST":
+        if method == "POST" and _form_encoded(req):
+            params = dict(_form_pairs(req))  # duo_unix 2.x and signature v2 clients
+        elif method == "POST":
             try:
                 params = json.loads(req.body.decode("utf-8") or "{}")
             except (UnicodeDecodeError, ValueError):
@@ -795,9 +816,15 @@ class Simulator:
         duo_headers = [(k, v) for k, v in req.headers.items() if k.lower().startswith("x-duo-")]
         canonical = canonical_request(date, req.method, host, req.path, req.query, req.body,
                                       duo_headers)
-        expected = hmac.new(own_skey.encode("utf-8"), canonical.encode("utf-8"),
-                            hashlib.sha512).hexdigest()
-        if not hmac.compare_digest(sig.lower().encode("utf-8"), expected.encode("utf-8")):
+        expected = [hmac.new(own_skey.encode("utf-8"), canonical.encode("utf-8"), hashlib.sha512).hexdigest()]
+        if req.method != "POST" or _form_encoded(req):
+            # Signature v2 (duo_unix 2.x: HMAC-SHA512; duo_client sig_version=2: HMAC-SHA1):
+            # date, method, host, path and the sorted parameters, no body hash.
+            pairs = _form_pairs(req) if req.method == "POST" else req.query
+            v2 = "\n".join([date, req.method.upper(), host.lower(), req.path, canon_params(pairs)]).encode("utf-8")
+            expected += [hmac.new(own_skey.encode("utf-8"), v2, digest).hexdigest()
+                         for digest in (hashlib.sha512, hashlib.sha1)]
+        if not any(hmac.compare_digest(sig.lower().encode("utf-8"), e.encode("utf-8")) for e in expected):
             return _fail(40103, "Invalid signature in request credentials")
         return None
 
@@ -1034,6 +1061,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                     help="wronghost: serve a certificate for DNS:wrong.example")
     ap.add_argument("--check-fault", metavar="FAULT", help="fault for /auth/v2/check, e.g. 500x1")
     ap.add_argument("--admin-fault", metavar="FAULT", help="fault for the first Admin API requests, e.g. 429ra1x1")
+    ap.add_argument("--idle-timeout", type=float, default=IDLE_TIMEOUT, metavar="S",
+                    help=f"close a keep-alive connection idle this long (default {IDLE_TIMEOUT:g})")
     args = ap.parse_args(argv)
     state = pathlib.Path(args.state_dir) if args.state_dir else \
         pathlib.Path(tempfile.mkdtemp(prefix="pam-duo-sim-"))
@@ -1048,7 +1077,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         sim = Simulator(state, port=args.port, approve_delay=args.approve_delay,
                         long_poll=args.long_poll, clock_offset=args.clock_offset,
                         push_timeout=args.push_timeout,
-                        tls=args.tls, check_fault=args.check_fault, admin_fault=args.admin_fault)
+                        tls=args.tls, check_fault=args.check_fault, admin_fault=args.admin_fault,
+                        idle_timeout=args.idle_timeout)
         sim.start()
     except (OSError, RuntimeError, ValueError) as exc:
         print(f"pam-duo-py simulate: {exc}", file=sys.stderr)

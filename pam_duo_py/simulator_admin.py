@@ -20,10 +20,10 @@ phoneonly    active, one phone that is not activated: calls and SMS only
 tokenonly    active, a hardware token only
 enroll       active, no device (not enrolled)
 deny         disabled
-locked       locked out
+lockedout    locked out
 bypass       status bypass
 allow        active, in the group ``sim-bypass``, whose status is bypass
-pushdeny, fraud, pushtimeout, vpush, iduser
+pushdeny, pushfail, fraud, pushtimeout, vpush, iduser
              active, like alice (the Auth API side plays their scenarios)
 ===========  ===================================================================
 
@@ -66,10 +66,11 @@ _SEED: Dict[str, Dict[str, Any]] = {
     "tokenonly": {"tokens": [_TOKEN]},
     "enroll": {},
     "deny": {"status": "disabled", "phones": [_PHONE_A]},
-    "locked": {"status": "locked out", "phones": [_PHONE_A]},
+    "lockedout": {"status": "locked out", "phones": [_PHONE_A]},
     "bypass": {"status": "bypass"},
     "allow": {"groups": [{"group_id": "DGSIMBYPASS0000000001", "name": "sim-bypass", "status": "Bypass"}]},
     "pushdeny": {"phones": [_PHONE_A, _PHONE_B]},
+    "pushfail": {"phones": [_PHONE_A, _PHONE_B]},
     "fraud": {"phones": [_PHONE_A, _PHONE_B]},
     "pushtimeout": {"phones": [_PHONE_A, _PHONE_B]},
     "vpush": {"phones": [_PHONE_A, _PHONE_B]},

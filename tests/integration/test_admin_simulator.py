@@ -96,7 +96,7 @@ def test_users_are_paged(sim: Simulator):
     mark = len(sim.request_log.read_text().splitlines())
     users = list(AdminApi(admin_transport(load_admin_config(admin(sim))), page_size=4).users())
     names = {u["username"] for u in users}
-    assert {"alice", "bypass", "enroll", "deny", "locked", "tokenonly"} <= names and len(users) == len(names)
+    assert {"alice", "bypass", "enroll", "deny", "lockedout", "tokenonly"} <= names and len(users) == len(names)
     lines = [json.loads(x) for x in sim.request_log.read_text().splitlines()[mark:]]
     pages = [x for x in lines if x.get("path") == "/admin/v1/users" and x.get("status") == 200]
     assert len(pages) == -(-len(users) // 4)
@@ -188,7 +188,7 @@ def test_enroll(sim, conf, capsys):
 
 
 @pytest.mark.parametrize("duo_name, state, locked", [("alice", "push", False), ("enroll", "not_enrolled", True),
-                                                     ("deny", "disabled", True), ("locked", "locked_out", True),
+                                                     ("deny", "disabled", True), ("lockedout", "locked_out", True),
                                                      ("bypass", "bypass", False), ("allow", "allow", False),
                                                      ("phoneonly", "phone_sms", False), ("nobody", "unknown", True)])
 def test_readiness_json(sim, conf, capsys, duo_name, state, locked):

@@ -523,3 +523,74 @@ def test_fault_429_x_retry_after(sim: Simulator) -> None:
     first.read()
     second = signed_request(sim, conn, "POST", "/auth/v2/preauth", {"username": "allow3+429xra2x1@preauth"})
     assert second.status == 200
+
+
+# ------------------------------------------------------------------ other clients' signatures
+def test_form_encoded_signature_v2_requests(sim: Simulator) -> None:
+    """duo_client signing with signature v2 (form-encoded POST, HMAC-SHA1 over date, method,
+    host, path and parameters), as older Duo clients do."""
+    c = duo_client.Auth(sim.ikey, sim.skey, host="localhost", port=sim.port, ca_certs=str(sim.ca_file),
+                        timeout=5, sig_version=2)
+    assert c.preauth(username="allow")["result"] == "allow"
+    assert c.auth("passcode", username="alice", passcode="123456")["status"] == "allow"
+    bad = duo_client.Auth(sim.ikey, "x" * 40, host="localhost", port=sim.port, ca_certs=str(sim.ca_file),
+                          timeout=5, sig_version=2)
+    with pytest.raises(RuntimeError) as e:
+        bad.preauth(username="allow")
+    assert e.value.status == 401 and duo_error(e) == 40103
+
+
+def v1_request(sim: Simulator, method: str, path: str, params: Dict[str, str], skey: str = "") -> tuple:
+    """One request signed as libduo 1.11 signs it (HMAC-SHA1, no date), reply decoded from BSON."""
+    import base64
+    import hashlib
+    import hmac
+    from pam_duo_py.simulator import canon_params
+    qs = canon_params(list(params.items()))
+    canon = "\n".join([method, "localhost", path, qs])
+    sig = hmac.new((skey or sim.skey).encode(), canon.encode(), hashlib.sha1).hexdigest()
+    headers = {"Authorization": "Basic " + base64.b64encode(f"{sim.ikey}:{sig}".encode()).decode()}
+    conn = https(sim)
+    if method == "POST":
+        headers["Content-Type"] = "application/x-www-form-urlencoded"
+        conn.request("POST", path, body=qs, headers=headers)
+    else:
+        conn.request("GET", f"{path}?{qs}", headers=headers)
+    response = conn.getresponse()
+    return response.status, bson_decode(response.read())
+
+
+def bson_decode(data: bytes) -> Dict[str, Any]:
+    import struct
+    out, pos = {}, 4
+    while data[pos] != 0:
+        kind, end = data[pos], data.index(b"\x00", pos + 1)
+        name, pos = data[pos + 1:end].decode(), end + 1
+        if kind == 2:
+            size = struct.unpack_from("<i", data, pos)[0]
+            out[name], pos = data[pos + 4:pos + 3 + size].decode(), pos + 4 + size
+        elif kind == 16:
+            out[name], pos = struct.unpack_from("<i", data, pos)[0], pos + 4
+        else:
+            size = struct.unpack_from("<i", data, pos)[0]
+            out[name], pos = bson_decode(data[pos:pos + size]), pos + size
+    return out
+
+
+def test_rest_v1_as_login_duo_1_11_speaks_it(sim: Simulator) -> None:
+    assert v1_request(sim, "POST", "/rest/v1/preauth.bson", {"user": "allow", "failmode": "closed"}) == \
+        (200, {"stat": "OK", "response": {"status": "Allowing unknown user", "result": "allow"}})
+    status, pre = v1_request(sim, "POST", "/rest/v1/preauth.bson", {"user": "alice"})
+    assert pre["response"]["result"] == "auth"
+    assert pre["response"]["factors"] == {"1": "push1", "2": "phone1", "3": "sms1", "4": "push2", "5": "phone2",
+                                          "default": "push1"}
+    assert " 1. Duo Push to XXX-XXX-1234" in pre["response"]["prompt"]
+    _, started = v1_request(sim, "POST", "/rest/v1/auth.bson",
+                            {"user": "alice", "factor": "auto", "auto": "push1", "async": "1"})
+    txid = started["response"]["txid"]
+    _, done = v1_request(sim, "GET", "/rest/v1/status.bson", {"txid": txid})
+    assert done["response"] == {"status": "Success. Logging you in...", "result": "allow"}
+    _, sync = v1_request(sim, "POST", "/rest/v1/auth.bson",
+                         {"user": "pushdeny", "factor": "auto", "auto": "push1", "async": "0"})
+    assert sync["response"] == {"status": "Login request denied.", "result": "deny"}
+    assert v1_request(sim, "POST", "/rest/v1/preauth.bson", {"user": "alice"}, skey="x" * 40)[0] == 401

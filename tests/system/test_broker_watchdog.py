@@ -6,16 +6,18 @@ import json
 import os
 import signal
 import socket
+import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
+from .conftest import CLI, clean_env
 from .brokerkit import BrokerProcess, fc_config_text, fc_root, socket_dir, write_map, write_root_file  # noqa: F401
 
 pytestmark = pytest.mark.system
 
-WATCHDOG_USEC = 400_000  # a ping every 0.2 s
+WATCHDOG_USEC = 2_000_000  # WatchdogSec=2s: a ping every second
 
 
 class Supervisor:
@@ -79,12 +81,17 @@ def test_ready_then_periodic_watchdog_and_silence_when_stopped(supervised):
     stats = json.loads((directory / "broker-stats.json").read_text())
     assert stats["pid"] == broker.pid and stats["inflight_logins"] == 0
     assert oct(os.stat(directory / "broker-stats.json").st_mode & 0o777) == "0o600"
+    metrics = subprocess.run([str(CLI), "-c", str(broker.config), "metrics", "--state", str(directory / "m.json")],
+                             env=clean_env(), capture_output=True, text=True, timeout=60)
+    assert metrics.returncode == 0, metrics
+    assert "\npam_duo_py_broker_up 1\n" in metrics.stdout
+    assert "\npam_duo_py_broker_inflight_logins 0\n" in metrics.stdout
 
     os.kill(broker.pid, signal.SIGSTOP)
     pid, status = os.waitpid(broker.pid, os.WUNTRACED)  # returns once it is stopped (not reaped)
     assert pid == broker.pid and os.WIFSTOPPED(status)
     supervisor.drain()  # a ping sent before the stop
-    silence = supervisor.receive(10 * WATCHDOG_USEC / 1e6)  # ten intervals: systemd would have restarted it
+    silence = supervisor.receive(1.5 * WATCHDOG_USEC / 1e6)  # past WatchdogSec: systemd would restart it
     supervisor.transcript.append(f"stopped: {'nothing received' if silence is None else silence}")
     assert silence is None
 

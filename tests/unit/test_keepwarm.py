@@ -1,0 +1,187 @@
+"""The broker's pool keeps the next login's Duo connection warm: background reconnects and pings, bounded.
+
+Pure logic: a fake clock and fake clients whose connection the test opens and closes.
+"""
+from __future__ import annotations
+
+import pytest
+
+from pam_duo_py import keepwarm
+from pam_duo_py.broker import ClientPool
+from pam_duo_py.config import DuoSettings
+from tests.unit.fakes import FakeClock
+
+SETTINGS = DuoSettings(ikey="DIABCDEFGHIJKLMNOPQR", skey="S" * 40, host="api-test.duosecurity.com", port=None,
+                       ca_file=None, proxy=None, timeout=10.0)
+
+
+class Conn:
+    """A pooled client: ``log`` records every action taken on it (a login's requests included)."""
+
+    def __init__(self, settings: DuoSettings) -> None:
+        self.settings = settings
+        self.open = False
+        self.server_closed = False
+        self.ping_ok = True
+        self.log: list[str] = []
+
+    def connected(self) -> bool:
+        return self.open and not self.server_closed
+
+    def fileno(self) -> int | None:
+        return 7 if self.open else None
+
+    def warm_up(self, timeout: float) -> bool:
+        self.log.append("connect")
+        self.open, self.server_closed = True, False
+        return True
+
+    def ping(self, timeout: float) -> bool:
+        self.log.append("ping")
+        return self.ping_ok
+
+    def close(self) -> None:
+        if self.open:
+            self.log.append("close")
+        self.open = self.server_closed = False
+
+    def login(self) -> None:
+        if not self.connected():
+            self.close()
+            self.warm_up(10)
+        self.log.append("request")
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def pool(clock: FakeClock) -> ClientPool:
+    return ClientPool(SETTINGS, factory=Conn, clock=clock, background=False)
+
+
+def login(pool: ClientPool) -> Conn:
+    pooled = pool.get(SETTINGS)
+    client = pooled._client
+    client.login()
+    pooled.close()
+    return client
+
+
+def test_a_connection_the_server_closes_after_a_login_is_reopened_at_once(pool, clock) -> None:
+    client = login(pool)
+    clock.advance(5)
+    pool.keeper.maintain()
+    assert client.log == ["connect", "request"]  # still open: nothing to do
+    client.server_closed = True
+    pool.keeper.maintain()
+    assert client.log == ["connect", "request", "close", "connect"]
+    assert client.connected()
+    assert login(pool) is client
+    assert client.log[-1] == "request" and client.log.count("connect") == 2  # the login found it open
+
+
+def test_background_reconnects_are_at_most_one_a_minute_after_the_first(pool, clock) -> None:
+    client = login(pool)
+    client.server_closed = True
+    pool.keeper.maintain()
+    assert client.log.count("connect") == 2
+    clock.advance(30)
+    client.server_closed = True  # the server closes the new one too, within the minute
+    pool.keeper.maintain()
+    assert client.log[-1] == "close" and client.fileno() is None  # socket released, no reconnect
+    clock.advance(29)
+    pool.keeper.maintain()
+    assert client.log.count("connect") == 2
+    clock.advance(1)
+    pool.keeper.maintain()
+    assert client.log.count("connect") == 3 and client.connected()
+
+
+def test_a_quiet_connection_is_pinged_once_a_minute(pool, clock) -> None:
+    client = login(pool)
+    for _ in range(600):  # ten minutes, one pass a second
+        clock.advance(1)
+        pool.keeper.maintain()
+    assert client.log.count("ping") == 10
+    assert "request" not in client.log[2:] and client.log.count("connect") == 1
+
+
+def test_a_failed_ping_closes_the_connection_and_a_new_one_is_opened(pool, clock) -> None:
+    client = login(pool)
+    client.ping_ok = False
+    clock.advance(60)
+    pool.keeper.maintain()
+    assert client.log[-2:] == ["ping", "close"]
+    pool.keeper.maintain()  # the first reconnect after the login is due at once
+    assert client.log[-1] == "connect" and client.connected()
+
+
+def test_no_login_for_a_day_means_no_pings_no_reconnects_and_no_open_connection(pool, clock) -> None:
+    client = login(pool)
+    for _ in range(25):
+        clock.advance(3600)
+        client.server_closed = client.open  # the server hangs up every hour
+        pool.keeper.maintain()
+    actions = len(client.log)
+    for _ in range(48):
+        clock.advance(3600)
+        pool.keeper.maintain()
+    assert len(client.log) == actions and not client.open
+    assert pool.keeper.pings <= 25 and pool.keeper.reconnects <= 25
+    assert login(pool).log == ["connect", "request"]  # a new client: the old one was let go
+
+
+def test_a_client_out_for_a_login_is_never_touched(pool, clock) -> None:
+    login(pool)
+    pooled = pool.get(SETTINGS)
+    client = pooled._client
+    client.server_closed = True
+    clock.advance(120)
+    pool.keeper.maintain()
+    assert client.log == ["connect", "request"]
+    pooled.close()
+
+
+def test_only_the_next_login_s_client_is_kept_warm(pool, clock) -> None:
+    first, second = pool.get(SETTINGS), pool.get(SETTINGS)  # two concurrent logins
+    first._client.login()
+    second._client.login()
+    first.close()
+    second.close()
+    clock.advance(61)
+    pool.keeper.maintain()
+    assert pool._idle == [second._client]
+    assert first._client.log[-1] == "close"
+    assert second._client.log[-1] == "ping"
+
+
+def test_bounded_over_a_busy_day(pool, clock) -> None:
+    """A server that closes idle connections every 20 s, a login every 10 minutes, one pass a second."""
+    client = login(pool)
+    for second in range(1, 6 * 3600):
+        clock.advance(1)
+        if second % 20 == 0 and client.open:
+            client.server_closed = True
+        if second % 600 == 0:
+            assert login(pool) is client
+        pool.keeper.maintain()
+    minutes = 6 * 60
+    assert pool.keeper.pings <= minutes
+    assert pool.keeper.reconnects <= minutes + 36  # one a minute, plus one after each login
+
+
+def test_close_stops_the_keeper_and_closes_idle_clients(pool, clock) -> None:
+    client = login(pool)
+    pool.close()
+    assert client.log[-1] == "close" and pool._idle == []
+    clock.advance(120)
+    pool.keeper.maintain()
+    assert client.log[-1] == "close"
+
+
+def test_constants_stay_within_the_documented_bounds() -> None:
+    assert keepwarm.PING_INTERVAL >= 60 and keepwarm.RECONNECT_INTERVAL >= 60
+    assert keepwarm.QUIET_LIMIT == 24 * 3600
