@@ -186,6 +186,11 @@ def cmd_bypass_code(config: Config, api: AdminApi, name: str, *, count: int, use
     duo = api.user(identity)
     if duo is None or not isinstance(duo.get("user_id"), str):
         raise _error(f"Duo does not know {for_display(str(identity), 100)!r} (local user {local}); no codes created")
+    state = classify(duo)[0]
+    if state in ("disabled", "locked_out"):
+        raise _error(f"Duo user {for_display(duo.get('username') or str(identity), 100)!r} is "
+                     f"{'disabled' if state == 'disabled' else 'locked out'}: bypass codes would not let them in "
+                     f"(re-enable or unlock the user in Duo first); no codes created")
     codes = api.add_bypass_codes(duo["user_id"], count=count, uses=uses, valid_secs=valid)
     duo_name = for_display(duo.get("username") or str(identity), 100)
     until = datetime.fromtimestamp(time.time() + valid, timezone.utc).strftime("%Y-%m-%d %H:%M UTC")

@@ -1,8 +1,9 @@
 """``pam-duo-py audit``: a summary of the JSON-lines audit file (format in :mod:`pam_duo_py.events`).
 
-Reading is rotation-safe: the rotated generations (``PATH.1`` or ``PATH.1.gz``, then
-``PATH.2``/``PATH.2.gz``, ... as far as ``--since`` reaches, judged by their modification time)
-are read before ``PATH``. Every file is opened once, newest first, before anything is read, and
+Reading is rotation-safe: the rotated generations in both logrotate namings (``PATH.1`` or
+``PATH.1.gz``, then ``PATH.2``/``PATH.2.gz``, ...; and with ``dateext``, ``PATH-YYYYMMDD`` or
+``PATH-YYYYMMDD.gz``, newest first) as far as ``--since`` reaches, judged by their modification
+time, are read before ``PATH``. Every file is opened once, newest first, before anything is read, and
 a file that turns out to be one already opened (it was renamed by a rotation in between) is
 skipped, so a rotation while the command runs never counts a line twice. A corrupted line, a
 partial last line or a damaged compressed file is counted as ``unreadable_lines``; nothing in
@@ -214,7 +215,27 @@ class AuditReader:
             recent = [add(candidate, rotated=True) for candidate in present]
             if not all(recent):
                 break
+        for candidate in self._dated_generations():
+            if not add(candidate, rotated=True):
+                break
         self._sources = list(reversed(opened))
+
+    def _dated_generations(self) -> list[str]:
+        """``PATH-YYYYMMDD[.gz]`` (logrotate's ``dateext``, any ``dateformat`` of digits), newest first."""
+        directory, base = os.path.split(self.path)
+        pattern = re.compile(re.escape(base) + r"-[0-9]{8}[0-9-]*(?:\.gz)?")
+        try:
+            names = [name for name in os.listdir(directory) if pattern.fullmatch(name)]
+        except OSError:
+            return []
+        dated = []
+        for name in names:
+            try:
+                dated.append((os.lstat(os.path.join(directory, name)).st_mtime, name))
+            except OSError:
+                continue
+        dated.sort(reverse=True)
+        return [os.path.join(directory, name) for _, name in dated[:MAX_GENERATIONS]]
 
     def _lines(self, stream: IO[bytes]) -> Iterator[bytes]:
         while True:

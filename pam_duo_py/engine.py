@@ -91,8 +91,9 @@ MSG_PUSH_FAILED = "The push could not be delivered to your phone: open Duo Mobil
 MSG_ENROLL = "You must enroll in Duo before you can log in."
 MSG_CODE = "Verification code: {}\nEnter this code in Duo Mobile to approve the login."
 STATUS_LINE_LIMIT = 300
-# A Verified Push code inside a waiting reply's status_msg (Duo repeats it there).
-_CODE_IN_TEXT = re.compile(r"(?<![0-9])([0-9]{3,8})(?![0-9])")
+# A Verified Push code inside a waiting reply's status_msg (Duo repeats it there): digits in a
+# text that speaks of a code (a status line may also hold a masked phone number).
+_CODE_IN_TEXT = re.compile(r"\bcode\b\D{0,40}?(?<![0-9])([0-9]{3,8})(?![0-9])", re.IGNORECASE)
 # Under sshd nothing reaches the user between the answer and the end of the wait (FACTS.md),
 # so the menu says beforehand what will happen.
 MSG_SSHD_NOTICE = "(After Duo Push or Phone call, approve the request on your phone: nothing more is shown here until you do.)"
@@ -101,7 +102,8 @@ MSG_SSHD_NOTICE = "(After Duo Push or Phone call, approve the request on your ph
 class _Shown:
     """What has been shown during one push or call (each text once)."""
 
-    def __init__(self, code: str | None) -> None:
+    def __init__(self, factor: str, code: str | None) -> None:
+        self.factor = factor
         self.code = code
         self.texts: set[str] = set()
         self.hinted = False
@@ -333,7 +335,7 @@ class Engine:
                     params["txid"] = txid
             self._pushes += 1
         started = parse_auth_started(self.duo.auth(login.identity, choice.factor, params))
-        shown = _Shown(code or started.verification_code)
+        shown = _Shown(choice.factor, code or started.verification_code)
         if shown.code:
             self._show_code(shown.code)
         first = MSG_PUSHED if choice.factor == "push" else MSG_CALLING
@@ -358,7 +360,7 @@ class Engine:
     def _waiting(self, login: Login, reply: AuthResult, shown: _Shown) -> None:
         """A ``waiting`` reply: the Verified Push code if it comes first here, each new status_msg once."""
         text = for_display(reply.status_msg, limit=STATUS_LINE_LIMIT).strip()
-        if self.settings.verified_push and text:
+        if self.settings.verified_push and shown.factor == "push" and text:
             match = _CODE_IN_TEXT.search(text)
             if match and shown.code is None:
                 shown.code = match.group(1)

@@ -64,11 +64,11 @@ def _who(record: dict[str, Any]) -> str:
     return f"'{for_log(record.get('duo_user') or record.get('user'), 100)}'"
 
 
-def _address(rhost: Any) -> str:
+def address_for_log(rhost: Any, limit: int = 64) -> str:
     """The remote address for a log line, capped; the claimed marker is kept outside the cap."""
     if isinstance(rhost, str) and rhost.endswith(CLAIMED):
-        return for_log(rhost[: -len(CLAIMED)], 64) + CLAIMED
-    return for_log(rhost, 64)
+        return for_log(rhost[: -len(CLAIMED)], limit) + CLAIMED
+    return for_log(rhost, limit)
 
 
 def syslog_line(record: dict[str, Any]) -> tuple[int, str]:
@@ -76,7 +76,7 @@ def syslog_line(record: dict[str, Any]) -> tuple[int, str]:
     outcome = record["outcome"]
     reason = record.get("reason") or ""
     who = _who(record)
-    where = f" from {_address(record['rhost'])}" if record.get("rhost") else ""
+    where = f" from {address_for_log(record['rhost'])}" if record.get("rhost") else ""
     if outcome == "success":
         priority, text = LOG_INFO, f"Successful Duo login for {who}{where}"
     elif outcome == "preauth_allow":

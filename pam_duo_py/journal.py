@@ -12,6 +12,7 @@ import os
 import socket
 from typing import Any
 
+from .events import address_for_log
 from .logline import IDENT, LOG_AUTHPRIV
 from .paths import JOURNAL_SOCKET
 from .text import for_log
@@ -62,7 +63,8 @@ def entry(record: dict[str, Any], priority: int, text: str) -> bytes:
     for name, key, limit in FIELDS:
         value = record.get(key)
         if value is not None and value != "":
-            parts.append(encode_field(name, for_log(value, limit)))
+            shown = address_for_log(value, limit) if key == "rhost" else for_log(value, limit)
+            parts.append(encode_field(name, shown))
     return b"".join(parts)
 
 

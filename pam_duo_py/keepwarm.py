@@ -91,10 +91,12 @@ class Keeper:
                 if not keep.connected():
                     if self._free_reconnect or now - self._last_reconnect >= RECONNECT_INTERVAL:
                         action = "reconnect"
+                        self._free_reconnect, self._last_reconnect = False, now
                     elif keep.fileno() is not None:
                         action = "close"  # the server closed it: let go of the socket until a reconnect is due
                 elif now - self._used.get(id(keep), now) >= PING_INTERVAL and now - self._last_ping >= PING_INTERVAL:
                     action = "ping"
+                    self._last_ping = now
                 if action:
                     self._idle.pop()
             for client in drop:
@@ -105,13 +107,10 @@ class Keeper:
             return
         try:
             if action == "reconnect":
-                self._free_reconnect = False
-                self._last_reconnect = now
                 keep.close()
                 self.reconnects += 1
                 keep.warm_up(CALL_TIMEOUT)
             elif action == "ping":
-                self._last_ping = now
                 self.pings += 1
                 if not keep.ping(CALL_TIMEOUT):
                     keep.close()

@@ -2,12 +2,16 @@
 
 It writes to ``/dev/log`` itself instead of calling ``openlog()``, which would
 change the ident of the host process (sshd, sudo) for the rest of its life.
+
+The line is ``<PRI>pam_duo_py[PID]: TEXT``, with no timestamp: sudo, su and
+login call ``setlocale()``, so a month name from ``strftime`` would be in the
+user's language (``déc.``), and journald then no longer finds the identifier.
+journald and rsyslog stamp the line with the time they receive it.
 """
 from __future__ import annotations
 
 import os
 import socket
-import time
 
 LOG_AUTHPRIV = 10 << 3
 LOG_ERR, LOG_WARNING, LOG_INFO, LOG_DEBUG = 3, 4, 6, 7
@@ -16,8 +20,7 @@ IDENT = "pam_duo_py"
 
 
 def send_syslog(priority: int, text: str, *, path: str = SYSLOG_SOCKET) -> None:
-    stamp = time.strftime("%b %d %H:%M:%S", time.localtime())
-    message = f"<{LOG_AUTHPRIV | priority}>{stamp} {IDENT}[{os.getpid()}]: {text}".encode("utf-8", "replace")
+    message = f"<{LOG_AUTHPRIV | priority}>{IDENT}[{os.getpid()}]: {text}".encode("utf-8", "replace")
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
             sock.settimeout(1.0)

@@ -463,7 +463,7 @@ def _config(config_path: str) -> tuple[str | None, str, str | None]:
     from .paths import DEFAULT_SOCKET
 
     try:
-        data = tomllib.loads(files.read_checked(config_path, secret=True).decode("utf-8"))
+        data = tomllib.loads(files.read_checked_stat(config_path, private=True)[0].decode("utf-8"))
     except FileRuleError as exc:
         return None, DEFAULT_SOCKET, f"{exc.path}: {exc.reason}"
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:

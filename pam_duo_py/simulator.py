@@ -80,7 +80,8 @@ Fault kinds: ``500``, ``502``, ``503`` (that status, code 50000/50200/50300); ``
 request, never answer, hold the connection); ``malformed`` (200 with a cut JSON body);
 ``truncated`` (Content-Length larger than the bytes sent, then close); ``close`` (close
 without answering); ``missing-<field>`` (drop that key from ``response``);
-``result-<value>`` (replace ``result``); ``html`` (200 with a text/html body).  A suffix that
+``result-<value>`` (replace ``result``); ``status-<value>`` (replace ``status``: a status Duo may
+add one day); ``html`` (200 with a text/html body).  A suffix that
 does not parse is part of the name.  ``check`` has no username: use ``check_fault``
 (``--check-fault``) with the same ``kind[xN]`` syntax.
 """
@@ -150,7 +151,7 @@ _PUSH_TIMEOUT_RE = re.compile(r"pushtimeout-(\d+(?:\.\d+)?)s")
 _LOCKOUT_RE = re.compile(r"lockout-(\d+)")
 
 _KIND = (r"(?P<kind>50[023]|401|429(?:x?ra\d+(?:\.\d+)?)?|slow\d+(?:\.\d+)?|stall|malformed"
-         r"|truncated|close|html|missing-[^@+]+?|result-[^@+]+?)(?:x(?P<n>\d+))?")
+         r"|truncated|close|html|missing-[^@+]+?|result-[^@+]+?|status-[^@+]+?)(?:x(?P<n>\d+))?")
 _FAULT_RE = re.compile(_KIND + r"@(?P<ep>preauth|auth|auth_status|check|any)\Z")
 _CHECK_FAULT_RE = re.compile(_KIND + r"\Z")
 _UNRESERVED = string.ascii_letters + string.digits + "_.-~"
@@ -707,6 +708,8 @@ class Simulator:
                     resp.pop(f.kind[len("missing-"):], None)
                 elif f.kind.startswith("result-"):
                     resp["result"] = f.kind[len("result-"):]
+                elif f.kind.startswith("status-"):
+                    resp["status"] = f.kind[len("status-"):]
         reply.fault = tokens
         return reply
 

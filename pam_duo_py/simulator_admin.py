@@ -43,7 +43,7 @@ import secrets
 import string
 import threading
 import urllib.parse
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from .simulator import (_CHECK_FAULT_RE, SUCCESS, _fail, _ok, _Reply, _Request, _write_private)
 

@@ -2,7 +2,8 @@
 # Install (or remove) pam_duo_py for the system Python that pam_python.so embeds.
 #
 #   sudo scripts/install.sh              install or update; safe to run again
-#   sudo scripts/install.sh --uninstall  remove what this script installed
+#   sudo scripts/install.sh --uninstall  remove what this script installed (refused while a
+#                                        PAM service or sshd_config still names it; --force)
 #   sudo scripts/install.sh --with-pam-examples
 #                                        also copy the example PAM services and sshd
 #                                        snippets to /usr/local/share/pam_duo_py/
@@ -38,6 +39,10 @@ EXAMPLE_CONFIG=$REPO/etc/pam_duo.toml
 SHARE_DIR=/usr/local/share/pam_duo_py
 EXAMPLE_DIRS=(pam.d sshd_config.d)
 WITH_EXAMPLES=0
+FORCE=0
+# Where PAM services and sshd name the entry file or the ForceCommand wrapper (see --uninstall).
+PAM_DIR=/etc/pam.d
+SSHD_CONFIG=/etc/ssh/sshd_config
 
 SUMMARY=()      # lines printed at the end
 NEW_MANIFEST=() # entries recorded by this run
@@ -47,7 +52,7 @@ POLICY_RC_CREATED=0
 
 usage() {
     cat <<EOF
-Usage: scripts/install.sh [--with-pam-examples] [--uninstall] [--help]
+Usage: scripts/install.sh [--with-pam-examples] [--uninstall [--force]] [--help]
 
 Installs pam_duo_py for /usr/bin/python3 (the Python that pam_python.so embeds).
 Run it as root from a checkout of the repository; running it again is safe.
@@ -72,7 +77,11 @@ yourself (see README.md for the two supported stacks).
                 review and copy; /etc/pam.d and /etc/ssh are not touched
   --uninstall   remove what this script installed. The config file is kept
                 when it differs from the shipped example. Debian packages are
-                left installed.
+                left installed. Refused while a file in $PAM_DIR, $SSHD_CONFIG
+                or $SSHD_CONFIG.d/ still names $ENTRY or
+                pam-duo-login (logins through them would fail: remove those
+                lines first)
+  --force       with --uninstall: remove even so
   --help        show this text
 EOF
 }
@@ -465,10 +474,37 @@ EOF
 }
 
 # ---------------------------------------------------------------- uninstall
+# files_still_using: each PAM service and sshd config file with a line (comments aside) that
+# names the entry file or the ForceCommand wrapper.
+files_still_using() {
+    local f
+    for f in "$PAM_DIR"/* "$SSHD_CONFIG" "$SSHD_CONFIG.d"/*; do
+        [[ -f $f ]] || continue
+        # (no grep -q: with pipefail, sed killed by SIGPIPE would hide a match)
+        if sed 's/#.*//' -- "$f" | grep -F -e "$ENTRY" -e pam-duo-login > /dev/null; then
+            printf '%s\n' "$f"
+        fi
+    done
+}
+
 do_uninstall() {
     if [[ ! -f $MANIFEST ]]; then
         say "pam_duo_py: nothing to remove ($MANIFEST not found)."
         return 0
+    fi
+    local users=()
+    mapfile -t users < <(files_still_using)
+    if (( ${#users[@]} > 0 )); then
+        if [[ $FORCE != 1 ]]; then
+            {
+                say "install.sh: error: refusing to uninstall: these files still name $ENTRY or pam-duo-login,"
+                say "and every login through them would fail (administrators included):"
+                printf '  %s\n' "${users[@]}"
+                say "Remove those lines first, or run again with --uninstall --force."
+            } >&2
+            exit 1
+        fi
+        note "warning    removed although still named in: ${users[*]}"
     fi
     restore_pam_files
 
@@ -544,11 +580,15 @@ main() {
         case $1 in
             --uninstall) mode=uninstall ;;
             --with-pam-examples) WITH_EXAMPLES=1 ;;
+            --force) FORCE=1 ;;
             -h|--help) usage; exit 0 ;;
             *) printf 'install.sh: unknown argument: %s\n\n' "$1" >&2; usage >&2; exit 2 ;;
         esac
         shift
     done
+    if [[ $FORCE == 1 && $mode != uninstall ]]; then
+        printf 'install.sh: --force goes with --uninstall\n\n' >&2; usage >&2; exit 2
+    fi
     [[ $(id -u) == 0 ]] || die "must be run as root (sudo scripts/install.sh)"
 
     # One install at a time.

@@ -1,7 +1,6 @@
 """The admin commands against the simulator's Admin API, over real HTTPS with real signatures."""
 from __future__ import annotations
 
-import io
 import json
 import os
 import pathlib
@@ -17,7 +16,7 @@ if str(ROOT) not in sys.path:
 from pam_duo_py import cli  # noqa: E402
 from pam_duo_py.admin_api import AdminApi, admin_transport  # noqa: E402
 from pam_duo_py.admin_config import load_admin_config  # noqa: E402
-from pam_duo_py.config import DuoIdentity, load_config  # noqa: E402
+from pam_duo_py.config import DuoIdentity  # noqa: E402
 from pam_duo_py.duo import DuoClient  # noqa: E402
 from pam_duo_py.errors import DuoCredentialsRejected, DuoRefused  # noqa: E402
 from pam_duo_py.simulator import Simulator  # noqa: E402
@@ -171,6 +170,13 @@ def test_bypass_code_refused_for_unknown_user_and_non_terminal(sim, conf, capsys
     assert code == 1 and "no codes created" in err
     code, out, err = run(capsys, "-c", config, "--admin-config", admin(sim), "admin", "bypass-code", "root")
     assert code == 1 and out == "" and "not a terminal" in err
+
+
+@pytest.mark.parametrize("duo_name, why", [("deny", "is disabled"), ("lockedout", "is locked out")])
+def test_bypass_code_refused_for_a_user_it_would_not_let_in(sim, conf, capsys, duo_name, why):
+    config = conf([f"root {duo_name}"])
+    code, out, err = run(capsys, "-c", config, "--admin-config", admin(sim), "admin", "bypass-code", "root", "--yes")
+    assert code == 1 and out == "" and why in err and "no codes created" in err
 
 
 def test_enroll(sim, conf, capsys):

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from .brokerkit import (BrokerProcess, fc_config_text, fc_root, run_user_client, socket_dir, write_map,  # noqa: F401
+                        write_root_file)
 from .conftest import CLI, ETC_DIR, PAM_SUCCESS, STACK_ONLY_FACTOR, clean_env
 
 TTY = "/dev/pts/9"
@@ -140,3 +142,21 @@ def test_login_works_with_a_broken_admin_config(service, simulator, test_users, 
     assert full.returncode == 1 and f"{broken_admin_config}: owned by nobody" in full.stderr
     os.chmod(broken_admin_config, 0)  # unreadable even for its owner
     assert run_pam("pdt-adm-broken-admin", alice, ["123456"], tty=TTY, rhost=RHOST).code == PAM_SUCCESS
+
+
+def test_broker_and_wrapper_logins_work_with_a_broken_admin_config(installed, simulator, test_users, test_root,
+                                                                  fc_root, broken_admin_config):
+    sock_dir = socket_dir(fc_root, "adm-broken")
+    conf = write_root_file(test_root / "adm-broker.toml", fc_config_text(
+        simulator, auth={"push_timeout": 10}, users={"map_file": str(write_map(test_root / "adm-broker-map.txt"))},
+        broker={"socket": str(sock_dir / "broker.sock")}))
+    broker = BrokerProcess(conf, sock_dir / "broker.sock").start()
+    try:
+        os.chmod(broken_admin_config, 0)
+        result, client = run_user_client(fc_root, sock_dir / "broker.sock", test_users["alice"],
+                                         {"user": test_users["alice"], "interactive": False, "service": "sshd"})
+        assert result["result"] == "SUCCESS", client.events
+        assert "admin" not in broker.output()
+    finally:
+        broker.stop()
+

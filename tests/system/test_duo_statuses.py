@@ -148,6 +148,38 @@ def test_push_failed_without_a_tty_prints_nothing(harness) -> None:
     assert run.messages == [info(MSG_PUSHED), info(MSG_SUCCESS)]
 
 
+# ------------------------------------------------------------------ fraud, SMS, statuses Duo may add
+def test_push_reported_as_fraud_ends_at_once_logged_as_fraud(harness) -> None:
+    case = harness.case("fraud", "only-factor")
+    run = case.run("pdt-fraud", ["1", "1"])
+    keep("push reported as fraud", run)
+    assert run.code == PAM_AUTH_ERR, run
+    assert run.messages == [menu("pdt-fraud"), info(MSG_PUSHED), error("Login request reported as fraudulent.")]
+    case.logged("failure", "Failed Duo login for 'fraud'", factor="push", duo_status="fraud",
+                reason="push reported as fraud")
+    assert len(case.duo_requests("/auth/v2/auth")) == 1
+
+
+def test_sms_sent_is_not_an_attempt(harness) -> None:
+    case = harness.case("sms", "only-factor", auth={"prompts": 1})
+    run = case.run("pdt-alice", ["3", "123456"])
+    keep("SMS passcodes sent, then a passcode (prompts=1)", run)
+    assert run.code == PAM_SUCCESS, run
+    assert run.messages == [menu(), info("New SMS passcodes sent."), menu(), info(MSG_SUCCESS)]
+    assert [r["factor"] for r in case.duo_requests("/auth/v2/auth")] == ["sms", "passcode"]
+
+
+def test_statuses_duo_may_add(harness) -> None:
+    """deny with a status we do not know is one failed attempt; allow with one is a success."""
+    duo = fresh("alice") + "+status-something_new@auth"
+    case = harness.case("new-status", "only-factor", auth={"prompts": 2}, map_lines=mapped(duo))
+    run = case.run("pdt-alice", ["111111", "123456"])
+    keep("deny/unknown status, then allow/unknown status (passcodes)", run)
+    assert run.code == PAM_SUCCESS, run
+    assert run.messages == [menu(), info("Incorrect passcode. Please try again."), menu(), info(MSG_SUCCESS)]
+    case.logged("success", f"Successful Duo login for '{duo}'", factor="passcode", duo_status="something_new")
+
+
 # ------------------------------------------------------------------ preauth
 def test_unknown_preauth_result_with_failmode_safe_is_authinfo_unavail(harness) -> None:
     duo = fresh("alice") + "+result-challenge@preauth"

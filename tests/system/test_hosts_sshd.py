@@ -280,34 +280,24 @@ def test_push_denied_on_the_phone(ssh, host):
     assert [c for c in host.calls(mark) if c[0] == "auth"] == [("auth", "pushdeny", "push")]  # no retry
 
 
-def test_verified_push_code_is_shown_before_the_wait(ssh, host):
+@pytest.mark.parametrize("duo_user, enter", [
+    ("vpush", ""),
+    # The simulator approves a vpushmobile push only once its code is "entered in Duo Mobile";
+    # the askpass can do that only with the code it was shown in the prompt, before the wait.
+    ("vpushmobile", "!duo-mobile:vpushmobile"),
+])
+def test_verified_push_code_is_shown_before_the_wait(ssh, host, duo_user, enter):
     host.configure(verified_push=True)
-    user = host.users["vpush"]
+    user = host.users[duo_user]
     mark = host.mark()
-    run = ssh.login(user, ["1", ""])
+    run = ssh.login(user, ["1", enter])
     assert run.returncode == 0 and run.stdout == "LOGGED-IN\n", run
     assert len(run.prompts) == 2 and run.prompts[0] == menu(user, sshd=True), run
     assert re.fullmatch(r"Verification code: [0-9]{3}\nEnter this code in Duo Mobile to approve the login\."
                         + re.escape(PRESS_ENTER), run.prompts[1]), run.prompts[1]
     calls = host.calls(mark)
-    assert calls[:2] == [("preauth", "vpush", None), ("auth", "vpush", "push")]
+    assert calls[:2] == [("preauth", duo_user, None), ("auth", duo_user, "push")]
     assert host.requests(mark)[-1]["path"] == "/auth/v2/auth_status"
-    assert host.audit_events(mark)[-1]["outcome"] == "success"
-
-
-def test_verified_push_is_approved_only_after_the_code_was_on_the_screen(ssh, host):
-    """The simulator approves this push only once its code is "entered in Duo Mobile"; the askpass
-    can only do that with the code it was shown in the prompt, before the wait."""
-    host.configure(verified_push=True)
-    user = host.users["vpushmobile"]
-    mark = host.mark()
-    run = ssh.login(user, ["1", "!duo-mobile:vpushmobile"])
-    assert run.returncode == 0 and run.stdout == "LOGGED-IN\n", run
-    assert len(run.prompts) == 2 and run.prompts[0] == menu(user, sshd=True), run
-    assert re.fullmatch(r"Verification code: [0-9]{3}\nEnter this code in Duo Mobile to approve the login\."
-                        + re.escape(PRESS_ENTER), run.prompts[1]), run.prompts[1]
-    calls = host.calls(mark)
-    assert calls[:2] == [("preauth", "vpushmobile", None), ("auth", "vpushmobile", "push")]
     resolved = [r for r in host.simulator.requests(since=mark[0]) if r.get("event") == "push_resolved"]
     assert [(r["result"], r["status"]) for r in resolved] == [("allow", "allow")]
     assert host.audit_events(mark)[-1]["outcome"] == "success"

@@ -224,6 +224,39 @@ def test_no_tty_denied_push_says_why_on_stderr(sudo, host):
     assert [c for c in host.calls(mark) if c[0] == "auth"] == [("auth", "pushdeny", "push")]
 
 
+FRENCH = "fr_FR.UTF-8"
+
+
+@pytest.fixture(scope="module")
+def french_locale():
+    """fr_FR.UTF-8, generated when missing (Debian package ``locales``)."""
+    def present() -> bool:
+        listed = subprocess.run(["locale", "-a"], env=clean_env(), capture_output=True, text=True).stdout.split()
+        return any(name.lower().replace("-", "") == "fr_fr.utf8" for name in listed)
+
+    if not present():
+        made = subprocess.run(["localedef", "-i", "fr_FR", "-f", "UTF-8", FRENCH], env=clean_env(),
+                              capture_output=True, text=True)
+        assert made.returncode in (0, 1) and present(), made.stdout + made.stderr  # 1: warnings only
+    return FRENCH
+
+
+def test_syslog_line_starts_with_the_ident_under_a_french_locale(sudo, host, syslog_capture, french_locale):
+    """sudo calls setlocale(): nothing the module writes may depend on it (journald finds the ident)."""
+    if not syslog_capture.available:
+        pytest.skip("a syslog daemon owns /dev/log here: the line cannot be captured")
+    user = host.users["alice"]
+    since = syslog_capture.mark()
+    mark = host.mark()
+    proc = sudo_without_a_tty(host, "alice", "id -un", env={"LANG": french_locale, "LC_ALL": french_locale})
+    assert (proc.returncode, proc.stdout) == (0, "root\n"), proc
+    _success(host, mark, user, SUDO_SERVICE, "push")
+    line = syslog_capture.wait_for(lambda text: "Successful Duo login for 'alice'" in text, since=since)
+    assert line is not None, syslog_capture.lines()[since:]
+    # (the Duo user is "alice", mapped from the local user)
+    assert re.match(rf"<86>pam_duo_py\[\d+\]: Successful Duo login for 'alice' \[service={SUDO_SERVICE} ", line), line
+
+
 class FakeProxy:
     """A listening socket that counts the connections made to it (none are expected)."""
 

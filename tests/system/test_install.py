@@ -21,9 +21,11 @@ from .conftest import (
     LIB_DIR,
     LOGIN,
     MANIFEST,
+    PAM_DIR,
     PAM_SERVICE_ERR,
     PREFIX,
     REPO,
+    _write_root_file,
     clean_env,
     run_install,
 )
@@ -269,6 +271,43 @@ def test_uninstall_removes_what_it_installed_then_reinstall(installed):
             os.chmod(CONFIG, 0o600)
     for path in (LIB_DIR, ENTRY, CLI, LOGIN, MANIFEST):
         assert path.exists()
+
+
+@pytest.fixture
+def still_in_use(installed):
+    """A PAM service and an sshd snippet that name the entry file and the wrapper; removed at the end."""
+    snippets = Path("/etc/ssh/sshd_config.d")
+    made_dir = not snippets.exists()
+    snippets.mkdir(parents=True, exist_ok=True)
+    pam = PAM_DIR / "pdt-uninstall-in-use"
+    sshd = snippets / "pdt-uninstall-in-use.conf"
+    comment_only = PAM_DIR / "pdt-uninstall-comment"
+    _write_root_file(pam, f"auth required pam_python.so {ENTRY} conf={CONFIG}\naccount required pam_permit.so\n", 0o644)
+    _write_root_file(sshd, "Match Group pdt-nobody\n    ForceCommand /usr/local/bin/pam-duo-login\n", 0o644)
+    _write_root_file(comment_only, f"# auth required pam_python.so {ENTRY}\nauth required pam_permit.so\n", 0o644)
+    try:
+        yield [pam, sshd]
+    finally:
+        for path in (pam, sshd, comment_only):
+            path.unlink(missing_ok=True)
+        if made_dir:
+            snippets.rmdir()
+        run_install()
+
+
+def test_uninstall_refuses_while_pam_or_sshd_still_name_it(still_in_use):
+    pam, sshd = still_in_use
+    proc = run_install("--uninstall", check=False)
+    assert proc.returncode == 1, proc.stdout
+    assert "refusing to uninstall" in proc.stdout
+    named = [line.strip() for line in proc.stdout.splitlines() if line.startswith("  /")]
+    assert named == [str(pam), str(sshd)], proc.stdout        # each file, and not the commented one
+    for path in (LIB_DIR, ENTRY, CLI, LOGIN, MANIFEST):
+        assert path.exists(), f"{path} was removed although still in use"
+    proc = run_install("--uninstall", "--force")
+    assert proc.returncode == 0, proc.stdout
+    for path in (LIB_DIR, ENTRY, CLI, LOGIN, MANIFEST):
+        assert not os.path.lexists(path), proc.stdout
 
 
 def test_uninstall_keeps_a_changed_config(installed):

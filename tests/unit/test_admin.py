@@ -312,7 +312,7 @@ def _config(monkeypatch):
 
 
 def test_bypass_code_is_not_printed_to_a_non_terminal_without_yes(monkeypatch, capsys):
-    api = FakeApi({"user_id": "DUX", "username": "root"})
+    api = FakeApi({"user_id": "DUX", "username": "root", "status": "active"})
     out, emitted = Terminal(tty=False), []
     with pytest.raises(admin_cli._Failed) as info:
         admin_cli.cmd_bypass_code(_config(monkeypatch), api, "root", count=1, uses=1, valid=3600, yes=False,
@@ -323,7 +323,7 @@ def test_bypass_code_is_not_printed_to_a_non_terminal_without_yes(monkeypatch, c
 
 @pytest.mark.parametrize("tty, yes", [(True, False), (False, True)])
 def test_bypass_code_printed_once_and_recorded_without_the_code(monkeypatch, tty, yes, syslog_lines):
-    api = FakeApi({"user_id": "DUX", "username": "root"})
+    api = FakeApi({"user_id": "DUX", "username": "root", "status": "active"})
     out, emitted = Terminal(tty=tty), []
     status = admin_cli.cmd_bypass_code(_config(monkeypatch), api, "root", count=2, uses=3, valid=7200, yes=yes,
                                        out=out, emit=emitted.append)

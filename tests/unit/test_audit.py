@@ -161,6 +161,50 @@ def test_reads_older_generations_only_as_far_as_since_reaches(tmp_path):
     assert day["files"] == [str(path) + ".1", str(path)]       # .2.gz and older are not even opened
 
 
+def test_reads_dateext_rotations_plain_and_compressed(tmp_path):
+    # logrotate's dateext (the RHEL default): PATH-YYYYMMDD, compressed from the second rotation on
+    path = tmp_path / "audit.jsonl"
+    write(path, [ev("success", user="today")])
+    write(tmp_path / "audit.jsonl-20261201", [ev("failsafe", age=DAY, user="yesterday")], age=DAY - 60)
+    write(tmp_path / "audit.jsonl-20261130.gz", [ev("failsafe", age=2 * DAY, user="before")], gz=True,
+          age=2 * DAY - 60)
+    summary, _ = read_summary(str(path), since(7 * DAY))
+    assert summary["files"] == [str(path) + "-20261130.gz", str(path) + "-20261201", str(path)]
+    assert [f["user"] for f in summary["failsafe_logins"]] == ["before", "yesterday"]
+    assert summary["total"] == 3
+
+
+def test_dateext_rotations_are_read_only_as_far_as_since_reaches(tmp_path):
+    path = tmp_path / "audit.jsonl"
+    write(path, [ev("success")])
+    write(tmp_path / "audit.jsonl-2026120113", [ev("success", age=DAY + 60)], age=DAY)   # dateformat -%Y%m%d%H
+    write(tmp_path / "audit.jsonl-20261130-1796000000.gz", [ev("failure", age=2 * DAY + 60)], gz=True,
+          age=2 * DAY)                                                                       # dateformat -%Y%m%d-%s
+    week, _ = read_summary(str(path), since(7 * DAY))
+    assert week["total"] == 3 and len(week["files"]) == 3
+    day, _ = read_summary(str(path), since(DAY))
+    assert day["files"] == [str(path) + "-2026120113", str(path)]
+
+
+def test_only_rotation_names_are_read(tmp_path):
+    path = tmp_path / "audit.jsonl"
+    write(path, [ev("success")])
+    for name in ("audit.jsonl-old", "audit.jsonl-2026", "audit.jsonl-20261201.bak", "other.jsonl-20261201",
+                 "audit.jsonl.20261201", "xaudit.jsonl-20261201"):
+        write(tmp_path / name, [ev("failure")])
+    summary, _ = read_summary(str(path), since())
+    assert summary["files"] == [str(path)] and summary["total"] == 1
+
+
+def test_both_namings_together(tmp_path):
+    path = tmp_path / "audit.jsonl"
+    write(path, [ev("success")])
+    write(tmp_path / "audit.jsonl.1", [ev("failure", age=HOUR)], age=HOUR)
+    write(tmp_path / "audit.jsonl-20261201.gz", [ev("failsafe", age=2 * HOUR)], gz=True, age=2 * HOUR)
+    summary, _ = read_summary(str(path), since())
+    assert summary["total"] == 3 and sorted(summary["outcomes"][k] for k in ("success", "failure", "failsafe")) == [1, 1, 1]
+
+
 def test_partial_last_line_and_corrupted_lines_are_counted_not_fatal(tmp_path):
     path = tmp_path / "audit.jsonl"
     write(path, [ev("success"), ev("failure")],

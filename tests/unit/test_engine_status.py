@@ -238,12 +238,21 @@ def test_verified_push_code_from_the_async_auth_reply():
 
 def test_verified_push_code_from_a_waiting_status_msg():
     status = [reply("waiting", "pushed", "Pushed a login request to your device..."),
-              reply("waiting", "pushed", "Enter 639 in Duo Mobile to verify it is you."),
-              reply("waiting", "pushed", "Enter 639 in Duo Mobile to verify it is you.")]
+              reply("waiting", "pushed", "Pushed to XXX-XXX-1234"),  # digits, but no code
+              reply("waiting", "pushed", "Enter the code 639 in Duo Mobile to verify it is you."),
+              reply("waiting", "pushed", "Enter the code 639 in Duo Mobile to verify it is you.")]
     run = vp_run(status=status)
     assert run.result is Result.SUCCESS
     assert run.ui.alerts == [CODE_ALERT.format("639")]
     assert not any("639" in s for s in run.ui.shown)
+
+
+def test_a_phone_call_status_with_digits_is_not_a_verification_code():
+    pre = Preauth("auth", "", devices=(PHONE,), txid="PRE-TX1")
+    run = Run(preauth=pre, auth=[push_started()], status=[reply("waiting", "calling", "Dialing code 1234..."), APPROVED],
+              answers=["2"], settings=VP)
+    assert run.result is Result.SUCCESS and run.ui.alerts == []
+    assert "Dialing code 1234..." in run.ui.shown
 
 
 def test_verified_push_code_shown_also_without_a_tty():

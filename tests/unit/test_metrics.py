@@ -293,3 +293,11 @@ def test_a_state_from_an_older_version_gains_new_error_kinds(setup):
     v = run(setup)
     assert v['pam_duo_py_duo_errors_total{kind="unknown_answer"}'] == 1
     assert v['pam_duo_py_duo_errors_total{kind="unreachable"}'] == 3
+
+
+def test_a_config_readable_by_its_group_is_accepted(setup):
+    """A config without the skey in it may be 0640 (the key in duo.skey_file)."""
+    _, audit, config, _ = setup
+    os.chmod(config, 0o640)
+    append(audit, ev("success", 1))
+    assert logins(run(setup)) == 1

@@ -15,7 +15,7 @@ from pam_duo_py.config import DuoSettings
 from pam_duo_py.duo import DuoClient, error_kind
 from pam_duo_py.errors import (DuoCredentialsRejected, DuoMalformedReply, DuoRateLimited, DuoRefused, DuoTimeout,
                                DuoUnavailable, DuoUnknownAnswer)
-from pam_duo_py.events import EventSink, event
+from pam_duo_py.events import CLAIMED, EventSink, event
 from pam_duo_py.login import _duo_facts
 
 SETTINGS = DuoSettings(ikey="DIABCDEFGHIJKLMNOPQR", skey="S" * 40, host="api-test.duosecurity.com", port=None,
@@ -36,6 +36,12 @@ def test_journal_entry_has_the_structured_fields():
     assert fields["PAM_DUO_USER"] == "alice" and fields["PAM_DUO_SERVICE"] == "sshd"
     assert fields["PAM_DUO_RHOST"] == "203.0.113.5"
     assert "PAM_DUO_FACTOR" not in fields and "PAM_DUO_TXID" not in fields
+
+
+def test_journal_rhost_keeps_the_claimed_marker_past_the_cap():
+    record = event("success", user="alice", rhost="203.0.113.5 " + "x" * 200 + CLAIMED, service="pam-duo-login")
+    fields = dict(parse_journal(journal.entry(record, 6, "text")))
+    assert fields["PAM_DUO_RHOST"] == "203.0.113.5 " + "x" * 68 + "..." + CLAIMED
 
 
 def test_message_ids_are_distinct_128_bit_hex():
