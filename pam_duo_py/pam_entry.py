@@ -10,6 +10,9 @@ import sys
 
 LIB_DIR = "/usr/local/lib/pam_duo_py/lib"
 
+# The installer byte-compiles the library; a login never writes into it (root could,
+# and stray files would keep a package upgrade from removing the old directory).
+sys.dont_write_bytecode = True
 if LIB_DIR not in sys.path:
     sys.path.insert(0, LIB_DIR)
 

@@ -32,12 +32,28 @@ REPO = Path(__file__).resolve().parents[2]
 INSTALL_SH = REPO / "scripts" / "install.sh"
 PAMDRIVE_C = Path(__file__).resolve().parent / "pamdrive.c"
 
-PREFIX = Path("/usr/local/lib/pam_duo_py")
-LIB_DIR = PREFIX / "lib"
-ENTRY = PREFIX / "pam_duo.py"
-MANIFEST = PREFIX / "MANIFEST"
-CLI = Path("/usr/local/bin/pam-duo-py")
-LOGIN = Path("/usr/local/bin/pam-duo-login")
+# What the tests drive: the working tree installed by scripts/install.sh (the default),
+# or, with PDT_INSTALL=deb (scripts/test sets it), the Debian package from scripts/build-deb.
+PACKAGE = os.environ.get("PDT_INSTALL") == "deb"
+if PACKAGE:
+    PREFIX = Path("/usr/lib/pam-duo-py")
+    LIB_DIR = PREFIX / "current"
+    ENTRY = Path("/usr/lib/security/pam_duo_py.py")
+    MANIFEST = PREFIX / "MANIFEST"  # the package has none: dpkg keeps the list
+    CLI = Path("/usr/bin/pam-duo-py")
+    LOGIN = Path("/usr/bin/pam-duo-login")
+    # The simulator is not in the package: run it from this checkout.
+    SIMULATE = ["/usr/bin/python3", "-I", "-c",
+                f"import sys; sys.path.insert(0, {str(REPO)!r}); from pam_duo_py.simulator import main; "
+                "sys.exit(main(sys.argv[1:]))"]
+else:
+    PREFIX = Path("/usr/local/lib/pam_duo_py")
+    LIB_DIR = PREFIX / "lib"
+    ENTRY = PREFIX / "pam_duo.py"
+    MANIFEST = PREFIX / "MANIFEST"
+    CLI = Path("/usr/local/bin/pam-duo-py")
+    LOGIN = Path("/usr/local/bin/pam-duo-login")
+    SIMULATE = [str(CLI), "simulate"]
 ETC_DIR = Path("/etc/pam_duo_py")
 CONFIG = ETC_DIR / "pam_duo.toml"
 EXAMPLE_CONFIG = REPO / "etc" / "pam_duo.toml"
@@ -228,10 +244,21 @@ def run_install(*args: str, check: bool = True) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="session")
-def installed(_require_root) -> Installed:
-    """The product installed from this working tree (once per test run)."""
+def installed(_require_root, request) -> Installed:
+    """The product installed from this working tree (once per test run), or the Debian package."""
+    if PACKAGE:
+        return request.getfixturevalue("package_installed")
     proc = run_install()
     return Installed(output=proc.stdout)
+
+
+@pytest.fixture(scope="session")
+def package_installed(_require_root) -> Iterator[Installed]:
+    """The Debian package installed with apt; purged and the machine restored at the end."""
+    from .debkit import installed_package
+
+    with installed_package() as output:
+        yield Installed(output=output)
 
 
 # ------------------------------------------------------------------ pamdrive
@@ -505,7 +532,7 @@ class Simulator:
         if self.running:
             return self
         port = self.port if self.port is not None else 0
-        argv = [str(CLI), "simulate", "--port", str(port), "--state-dir", str(self.state_dir), *self.args]
+        argv = [*SIMULATE, "--port", str(port), "--state-dir", str(self.state_dir), *self.args]
         log = open(self.log_path, "ab")
         try:
             self.process = subprocess.Popen(
