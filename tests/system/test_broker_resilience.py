@@ -31,7 +31,7 @@ pytestmark = pytest.mark.system
 PAM_AUTH_ERR = 7
 PAM_SERVICE_ERR = 3
 SERVICE = "pdt-fc-resil"
-SYSTEMD_NOFILE = ["prlimit", "--nofile=1024:16384", "--"]  # a systemd service's default soft limit
+SYSTEMD_NOFILE = ["prlimit", "--nofile=1024:", "--"]  # the soft limit a systemd service gets (hard kept)
 
 
 def _requests(simulator, since: int, path: str, username: str) -> int:
