@@ -360,6 +360,9 @@ class Broker:
         self._threading = threading
         self._duo_factory = duo_factory
         self.pool = ClientPool(self.config.duo, duo_factory)
+        from .duo import bound_name_lookups
+
+        bound_name_lookups()  # the broker may start threads: name lookups end at the call's deadline
         self._active: dict[Any, int] = {}  # ("user", name) for root callers, ("uid", uid) for others
         self._connections: dict[int, int] = {}  # open connections per peer uid
         self._open = 0
@@ -425,6 +428,7 @@ class Broker:
         listen_fds = os.environ.get("LISTEN_FDS")
         if listen_fds and os.environ.get("LISTEN_PID") == str(os.getpid()) and int(listen_fds) >= 1:
             self._listener = socket.socket(fileno=3)  # systemd socket activation
+            self._spare = _open_spare()
             return self._listener
         directory = os.path.dirname(self.socket_path)
         if not os.path.isdir(directory):
@@ -443,6 +447,7 @@ class Broker:
         os.chmod(self.socket_path, 0o666)  # anyone may connect; who they are comes from SO_PEERCRED
         listener.listen(128)
         self._listener = listener
+        self._spare = _open_spare()
         return listener
 
     def raise_fd_limit(self) -> None:
@@ -464,7 +469,8 @@ class Broker:
     def serve_forever(self) -> None:
         listener = self._listener or self.bind()
         listener.settimeout(TICK)
-        self._spare = _open_spare()
+        if self._spare is None:
+            self._spare = _open_spare()
         while not self._stop.is_set():
             self.tick()
             try:

@@ -127,9 +127,64 @@ def _peer_closed(sock: Any) -> bool:
             pass
 
 
+class _Lookups:
+    """Name lookups in worker threads, each waited for only until the call's deadline.
+
+    Only for the broker: a PAM host process must not start threads, so in-process a
+    lookup lasts as long as the system resolver's own limits allow (resolv.conf
+    ``options timeout: attempts:``). A lookup that hangs keeps its thread until the
+    resolver gives up; at most ``limit`` may be pending, then lookups fail at once.
+    """
+
+    def __init__(self, limit: int = 16) -> None:
+        import threading
+
+        self._threading = threading
+        self._slots = threading.BoundedSemaphore(limit)
+
+    def __call__(self, host: str, port: int, remaining: Callable[[], float]) -> list:
+        if not self._slots.acquire(blocking=False):
+            raise socket.gaierror(socket.EAI_AGAIN, "too many name lookups pending")
+        box: dict[str, Any] = {}
+        done = self._threading.Event()
+
+        def work() -> None:
+            try:
+                box["infos"] = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)
+            except BaseException as exc:
+                box["error"] = exc
+            finally:
+                self._slots.release()
+                done.set()
+
+        try:
+            self._threading.Thread(target=work, name="dns", daemon=True).start()
+        except BaseException:
+            self._slots.release()
+            raise socket.gaierror(socket.EAI_AGAIN, "cannot start a name lookup") from None
+        if not done.wait(max(remaining(), 0.0)):
+            raise socket.gaierror(socket.EAI_AGAIN, "name lookup timed out")
+        if "error" in box:
+            raise box["error"]
+        return box["infos"]
+
+
+_lookup: _Lookups | None = None  # set by bound_name_lookups() in the broker
+
+
+def bound_name_lookups() -> None:
+    """In a process that may start threads (the broker): bound each name lookup by the call's deadline."""
+    global _lookup
+    if _lookup is None:
+        _lookup = _Lookups()
+
+
 def _open_tcp(host: str, port: int, remaining: Callable[[], float]) -> socket.socket:
     """Connect to the first address that answers; each address gets an equal share of the time left."""
-    infos = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)
+    if _lookup is not None:
+        infos = _lookup(host, port, remaining)
+    else:
+        infos = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)
     last: OSError | None = None
     for index, (family, kind, proto, _, address) in enumerate(infos):
         left = remaining()

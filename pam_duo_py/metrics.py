@@ -28,7 +28,7 @@ from typing import IO, Any, Iterator
 from . import files
 from .audit import open_for_reading
 from .errors import FileRuleError
-from .events import OUTCOMES
+from .events import ADMIN_OUTCOMES, OUTCOMES
 from .text import for_log
 
 STATE_FILE = "/var/lib/pam_duo_py/metrics-state.json"
@@ -68,6 +68,8 @@ def _number(value: Any) -> float | None:
 def count(counts: dict[str, Any], record: Any) -> None:
     """Add one audit record to ``counts``."""
     outcome = record.get("outcome") if isinstance(record, dict) else None
+    if outcome in ADMIN_OUTCOMES:
+        return  # an administrator's Admin API action (bypass codes, enrollment): not a login
     if outcome not in OUTCOMES:
         counts["unreadable"] += 1
         return

@@ -9,7 +9,10 @@ simulator, users, configs, syslog capture) and add what fault injection needs:
 * ``nxdomain_dns``: a loopback DNS server that answers NXDOMAIN, and an argv prefix that
   runs a program in a private mount namespace whose ``/etc/resolv.conf`` points at it, so
   that a DNS failure never sends a query off this machine;
-* ``drive``/``start_drive``: pamdrive with extra environment variables or an argv prefix.
+* ``drive``/``start_drive``: pamdrive with extra environment variables or an argv prefix;
+* ``flt_brokers``: brokers started by hand, one per config, each on a socket of its own
+  (``broker_text(socket)`` is the config's ``[broker]`` table), so that a cell can be run
+  through the broker as well as in-process.
 
 PAM services written here are named ``pdt-flt-*``.
 """
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -420,3 +424,46 @@ def log_line(capture, record: Optional[dict], pid: int, timeout: float = 5.0) ->
             return "syslog", line.split(tag, 1)[1]
         return "syslog-missing", expected
     return "audit", expected
+
+
+# ------------------------------------------------------------------ brokers
+VIA = ("in-process", "broker")
+
+
+def broker_text(socket_path: Path) -> str:
+    """The ``[broker]`` table that makes the PAM module hand logins to the broker on ``socket_path``."""
+    return f'[broker]\nsocket = "{socket_path}"\n'
+
+
+class Brokers:
+    """Brokers for fault tests: ``socket_for(name)`` in a root-owned 0755 directory, ``start(conf, socket)``."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.started: list = []
+
+    def socket_for(self, name: str) -> Path:
+        return _ensure_root_dir(self.root / name) / "broker.sock"
+
+    def start(self, conf: Path, socket_path: Path, prefix: Iterable[str] = ()):
+        from system.brokerkit import BrokerProcess
+
+        broker = BrokerProcess(conf, socket_path, prefix=prefix).start()
+        self.started.append(broker)
+        return broker
+
+
+@pytest.fixture(scope="session")
+def flt_brokers(installed) -> Iterator[Brokers]:
+    top = _ensure_root_dir(Path("/run/pam_duo_py_flt"))
+    brokers = Brokers(_ensure_root_dir(top / str(os.getpid())))
+    try:
+        yield brokers
+    finally:
+        for broker in brokers.started:
+            broker.stop()
+        shutil.rmtree(brokers.root, ignore_errors=True)
+        try:
+            top.rmdir()
+        except OSError:
+            pass

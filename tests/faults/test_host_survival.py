@@ -17,6 +17,11 @@ mapped, each interpreter's start and finish recycles memory better. So the produ
 grow no more than the empty module (the floor asked for), and also no more than the
 "empty + imports" module plus SLACK_KB, which is the comparison that means something.
 
+The allow and Duo-down scenarios run again with the PAM module handing each login to a
+broker (the module then imports only the broker client); the broker's own RSS and open
+descriptors before and after its loop are printed with the table, and its descriptors
+must come back to where they were (no leak per login).
+
 Sizes: N_EMPTY = 500 transactions of the empty module and N_IMPORTS = 200 of the empty
 module with imports (about 35 ms each), N_OURS = 100 per scenario of ours (4 scenarios,
 400 in all, about 100 ms each); two loops run at a time: about 35 s on two cores.
@@ -24,11 +29,13 @@ module with imports (about 35 ms each), N_OURS = 100 per scenario of ours (4 sce
 from __future__ import annotations
 
 import concurrent.futures
+import os
 import time
 from dataclasses import dataclass
 
 from .conftest import (
     PAM_AUTH_ERR,
+    broker_text,
     PAM_AUTHINFO_UNAVAIL,
     PAM_SUCCESS,
     STACK_ONLY_FACTOR,
@@ -63,8 +70,14 @@ class Loop:
         return (rss2 - rss1) / (last - first)
 
 
+def _broker_figures(pid: int) -> tuple[int, int]:
+    """(VmRSS kB, open descriptors) of a running broker."""
+    rss = next(int(line.split()[1]) for line in open(f"/proc/{pid}/status") if line.startswith("VmRSS:"))
+    return rss, len(os.listdir(f"/proc/{pid}/fd"))
+
+
 def test_many_transactions_in_one_process(simulator, dead_ends, test_users, write_config, write_map_file,
-                                          flt_service, flt_root, drive):
+                                          flt_service, flt_root, drive, flt_brokers):
     user = test_users["alice"]
     empty = _write_root_file(flt_root / "empty_module.py", EMPTY_MODULE, 0o644)
     imports = _write_root_file(flt_root / "imports_module.py", IMPORTS_MODULE, 0o644)
@@ -79,12 +92,20 @@ def test_many_transactions_in_one_process(simulator, dead_ends, test_users, writ
         ("Duo down: connection refused (secure)", "alice-hs", {"host": f"localhost:{dead_ends.refused}"},
          PAM_AUTHINFO_UNAVAIL),
     ]
-    for index, (name, duo_name, duo, expect) in enumerate(scenarios):
+    brokers = []
+    for index, (name, duo_name, duo, expect) in enumerate(scenarios + [
+            (f"{scenarios[0][0]}, via the broker", *scenarios[0][1:]),
+            (f"{scenarios[3][0]}, via the broker", *scenarios[3][1:])]):
+        sock = flt_brokers.socket_for(f"hs-{index}") if "broker" in name else None
         conf = write_config(f"flt-hs-{index}", duo={"timeout": 2, **duo}, auth={"failmode": "secure"},
-                            users={"map_file": str(write_map_file([f"{user} {duo_name}"]))})
+                            users={"map_file": str(write_map_file([f"{user} {duo_name}"]))},
+                            extra_text=broker_text(sock) if sock else "")
         service = f"pdt-flt-hs-{index}"
         flt_service(service, STACK_ONLY_FACTOR, conf=conf)
         loops.append(Loop(name, service, N_OURS, expect))
+        if sock:
+            broker = flt_brokers.start(conf, sock)
+            brokers.append((name, broker, _broker_figures(broker.pid)))
 
     def run(loop: Loop) -> Loop:
         started = time.monotonic()
@@ -124,6 +145,14 @@ def test_many_transactions_in_one_process(simulator, dead_ends, test_users, writ
             if loop.growth_kb > imports_kb + SLACK_KB:
                 problems.append(f"{loop.name}: grows {loop.growth_kb:.1f} kB per transaction, the empty module "
                                 f"with imports {imports_kb:.1f} kB (+{SLACK_KB} kB allowed)")
+    for name, broker, (rss1, fds1) in brokers:
+        if not broker.running:
+            problems.append(f"{name}: the broker ended: {broker.output()[-300:]}")
+            continue
+        rss2, fds2 = _broker_figures(broker.pid)
+        lines.append(f"broker of '{name}': RSS {rss1} -> {rss2} kB, descriptors {fds1} -> {fds2}")
+        if fds2 > fds1 + 1:  # one warm Duo connection may stay open
+            problems.append(f"{name}: the broker holds {fds2} descriptors after the loop, {fds1} before")
     table = "\n".join(lines) + "\n"
     print("\n" + table)
     directory = report_dir()

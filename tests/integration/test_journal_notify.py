@@ -26,16 +26,6 @@ class FakeBroker:
         self.pool = type("Pool", (), {"_lock": threading.Lock(), "_idle": [object()]})()
 
 
-@pytest.fixture
-def dgram(tmp_path):
-    path = str(tmp_path / "sock")
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    sock.bind(path)
-    sock.settimeout(2)
-    yield path, sock
-    sock.close()
-
-
 def test_sink_sends_to_the_journal_instead_of_syslog(dgram, monkeypatch):
     path, sock = dgram
     syslog = []

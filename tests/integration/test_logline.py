@@ -4,7 +4,6 @@ from __future__ import annotations
 import locale
 import os
 import re
-import socket
 
 import pytest
 
@@ -14,24 +13,14 @@ from pam_duo_py.logline import send_syslog as real_send_syslog
 LINE = re.compile(rb"^<(\d+)>pam_duo_py\[(\d+)\]: (.*)$", re.S)
 
 
-@pytest.fixture
-def listener(tmp_path):
-    path = str(tmp_path / "log")
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    sock.bind(path)
-    sock.settimeout(5)
-    yield path, sock
-    sock.close()
-
-
-def received(listener, priority, text):
-    path, sock = listener
+def received(dgram, priority, text):
+    path, sock = dgram
     real_send_syslog(priority, text, path=path)
     return sock.recv(65536)
 
 
-def test_the_line_starts_with_the_priority_and_the_ident(listener):
-    data = received(listener, logline.LOG_WARNING, "Failed Duo login for 'alice'")
+def test_the_line_starts_with_the_priority_and_the_ident(dgram):
+    data = received(dgram, logline.LOG_WARNING, "Failed Duo login for 'alice'")
     match = LINE.match(data)
     assert match, data
     assert int(match[1]) == logline.LOG_AUTHPRIV | logline.LOG_WARNING
@@ -39,7 +28,7 @@ def test_the_line_starts_with_the_priority_and_the_ident(listener):
 
 
 @pytest.mark.parametrize("name", ["fr_FR.UTF-8", "de_DE.UTF-8", "ja_JP.UTF-8"])
-def test_no_locale_dependent_text_under_the_callers_locale(listener, name):
+def test_no_locale_dependent_text_under_the_callers_locale(dgram, name):
     # sudo, su and login call setlocale(): a strftime month would read "déc." under French.
     old = locale.setlocale(locale.LC_ALL)
     try:
@@ -47,7 +36,7 @@ def test_no_locale_dependent_text_under_the_callers_locale(listener, name):
     except locale.Error:
         pytest.skip(f"locale {name} is not generated here (the sudo system test generates fr_FR.UTF-8)")
     try:
-        data = received(listener, logline.LOG_INFO, "Successful Duo login for 'alice'")
+        data = received(dgram, logline.LOG_INFO, "Successful Duo login for 'alice'")
     finally:
         locale.setlocale(locale.LC_ALL, old)
     assert LINE.match(data), data

@@ -554,7 +554,7 @@ def test_pam_module_with_a_broker_for_another_config_decides_in_process(shared, 
 
 
 # ------------------------------------------------------------------ SIGHUP
-def test_sighup_reloads_the_config_and_keeps_it_when_broken(setup_factory, syslog_capture):
+def test_sighup_reloads_the_config_and_a_broken_one_refuses_logins(setup_factory, syslog_capture):
     setup = setup_factory("reload")
     broker = setup.broker
     # prompts = 3: three refused answers are asked for.

@@ -364,3 +364,12 @@ def test_admin_api_module_is_never_imported_by_the_login_path():
         imported = {getattr(node, "module", None) or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
         imported |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
         assert not {m for m in imported if "admin" in m}, (name, imported)
+
+
+def test_metrics_skip_admin_actions():
+    from pam_duo_py import metrics
+
+    counts = metrics.new_counts()
+    metrics.count(counts, events.event("admin", user="a", reason="issued 1 bypass code"))
+    metrics.count(counts, events.event("success", user="a", service="sshd", factor="push"))
+    assert counts["unreadable"] == 0 and list(counts["logins"]) == ["success"]

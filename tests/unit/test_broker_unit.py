@@ -238,3 +238,46 @@ def test_a_login_after_a_failed_reload_gets_no_config(config, tmp_path):
     assert b.current_config() is None  # and again: never the old config
     os.chmod(tmp_path / "map.txt", 0o600)
     assert b.current_config() is not None
+
+
+# ------------------------------------------------------------------ name lookups in the broker
+def test_the_broker_bounds_name_lookups_by_the_calls_deadline(config, monkeypatch):
+    import threading
+
+    from pam_duo_py import duo
+
+    monkeypatch.setattr(duo, "_lookup", None, raising=False)  # whatever an earlier test set
+    release = threading.Event()
+    calls: list = []
+
+    def hanging_resolver(host, port, *args):  # a resolver that does not answer
+        calls.append(host)
+        release.wait(10)
+        return []
+
+    monkeypatch.setattr(socket, "getaddrinfo", hanging_resolver)
+    Broker(str(config))
+    try:
+        with pytest.raises(socket.gaierror, match="name lookup timed out"):
+            duo._open_tcp("api-test.duosecurity.com", 443, lambda: 0.05)
+        assert calls == ["api-test.duosecurity.com"] and not release.is_set()  # cut off, not answered
+    finally:
+        release.set()
+
+
+def test_pending_name_lookups_are_bounded(monkeypatch):
+    import threading
+
+    from pam_duo_py import duo
+
+    release = threading.Event()
+    monkeypatch.setattr(socket, "getaddrinfo", lambda *a: release.wait(10) and [])
+    lookups = duo._Lookups(limit=2)
+    try:
+        for _ in range(2):
+            with pytest.raises(socket.gaierror, match="timed out"):
+                lookups("h", 443, lambda: 0.01)
+        with pytest.raises(socket.gaierror, match="too many name lookups pending"):
+            lookups("h", 443, lambda: 5.0)
+    finally:
+        release.set()
