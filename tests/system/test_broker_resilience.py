@@ -23,7 +23,7 @@ from pam_duo_py.broker import MAX_PER_USER, BAD_CONFIG
 from .brokerkit import fc_root  # noqa: F401  (fixture)
 from .brokerkit import run_user_client, write_map, write_root_file
 from .conftest import LOGIN, PAM_SUCCESS, STACK_SECOND_FACTOR, clean_env, default_map_lines
-from .test_broker import audit_lines, audit_mark, frame, raw_connect, read_reply, root_login
+from .test_broker import GARBAGE, audit_lines, audit_mark, frame, raw_connect, read_reply, root_login
 from .test_broker import setup_factory  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.system
@@ -238,3 +238,32 @@ def test_the_next_login_follows_the_config_on_disk(setup_factory, simulator, pam
     assert root_login(setup.socket, "pdt-alice")[0] == "SUCCESS"
     line = setup.broker.wait_for(lambda s: "reload failed" in s, stream="stderr", timeout=5)
     assert line is not None and "users.map_file" in setup.broker.output()
+
+
+# ------------------------------------------------------------------ no descriptor leak
+def _settled_fds(pid: int, at_most: int, timeout: float = 10.0) -> int:
+    """The broker's descriptor count once it is at most ``at_most`` (connections close asynchronously)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        count = _fds(pid)
+        if count <= at_most or time.monotonic() >= deadline:
+            return count
+        time.sleep(0.05)
+
+
+def test_descriptors_come_back_after_logins_a_flood_and_garbage(setup_factory):
+    setup = setup_factory("fds")
+    pid = setup.broker.pid
+    assert root_login(setup.socket, "pdt-allow")[0] == "SUCCESS"  # the pool now holds a warm connection
+    baseline = _fds(pid)
+    for _ in range(100):
+        assert root_login(setup.socket, "pdt-allow")[0] == "SUCCESS"
+    for index in range(100):
+        with raw_connect(setup.socket) as sock:
+            sock.sendall(list(GARBAGE.values())[index % len(GARBAGE)])
+            read_reply(sock)
+    _end(_flood(setup.socket, "nobody", 300))
+    # One more warm Duo connection may be open (the pool warms the next one in the background).
+    assert _settled_fds(pid, baseline + 1) <= baseline + 1, os.listdir(f"/proc/{pid}/fd")
+    assert root_login(setup.socket, "pdt-allow")[0] == "SUCCESS"
+    assert setup.broker.running
