@@ -77,6 +77,13 @@ def test_install_layout_versioned_library_compiled_with_checked_hashes(installed
     for pyc in pycs:
         flags = int.from_bytes(pyc.read_bytes()[4:8], "little")
         assert flags == 0b11, f"{pyc}: not a checked-hash pyc (flags {flags})"
+    # dpkg renames the unpacked files into place in archive order: the whole new library
+    # directory is in place before the entry file that names it.
+    deb = debkit.build()
+    names = subprocess.run(f"dpkg-deb --fsys-tarfile {deb} | tar -t", shell=True, capture_output=True,
+                           text=True, check=True).stdout.split()
+    entry_at = names.index("." + str(ENTRY))
+    assert all(i < entry_at for i, n in enumerate(names) if n.startswith(f"./usr/lib/pam-duo-py/{VERSION}/"))
     for page in ("man8/pam_duo_py.8.gz", "man8/pam-duo-py.8.gz", "man8/pam-duo-login.8.gz",
                  "man5/pam_duo.toml.5.gz"):
         assert f"/usr/share/man/{page}" in files
