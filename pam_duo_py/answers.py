@@ -1,4 +1,4 @@
-"""The factor menu and what a typed answer means (SPEC §6).
+"""The factor menu and what a typed answer means (docs/behaviour.md §6).
 
 Pure functions: no I/O, so the rules about what may be sent to Duo are tested directly.
 """

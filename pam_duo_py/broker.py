@@ -1,4 +1,4 @@
-"""The privileged broker (SPEC §7): it holds the keys so that ``pam-duo-login``,
+"""The privileged broker (docs/behaviour.md §7): it holds the keys so that ``pam-duo-login``,
 running as the logged-in user, never can read them.
 
 Wire protocol, over a Unix stream socket: every frame is a 4-byte big-endian

@@ -1,4 +1,4 @@
-"""``pam-duo-py``: the administrator's command line (SPEC §10)."""
+"""``pam-duo-py``: the administrator's command line (docs/behaviour.md §10)."""
 from __future__ import annotations
 
 import argparse

@@ -86,7 +86,7 @@ class UsersSettings(Record):
         return DuoIdentity(username=local_user)
 
     def requires_duo(self, group_names: list[str]) -> bool:
-        """SPEC: a positive pattern matches one of the groups and no negated pattern does."""
+        """docs/behaviour.md §4: a positive pattern matches one of the groups and no negated pattern does."""
         if not self.groups:
             return True
         positive = [p for p in self.groups if not p.startswith("!")]
@@ -444,7 +444,7 @@ def load_config(path: str = DEFAULT_PATH, read: Callable[[str, bool], bytes] | N
     config = parse_config(text, path, read, mode=st.st_mode)
     if config.log.audit_file:
         # The audit file is written as root: the file rule applies to it like to any other file,
-        # and a violation is a configuration error (SPEC §4), not a line in the log.
+        # and a violation is a configuration error (docs/behaviour.md §4), not a line in the log.
         try:
             files.check_append_target(config.log.audit_file)
         except FileRuleError as exc:

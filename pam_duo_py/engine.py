@@ -1,4 +1,4 @@
-"""The decision engine: from preauth to a result (SPEC §5, §6).
+"""The decision engine: from preauth to a result (docs/behaviour.md §5, §6).
 
 Pure logic. It talks to the user through a :class:`Prompter` and to Duo
 through a :class:`~pam_duo_py.duo.DuoApi`; it does no I/O of its own, so
@@ -94,7 +94,7 @@ STATUS_LINE_LIMIT = 300
 # A Verified Push code inside a waiting reply's status_msg (Duo repeats it there): digits in a
 # text that speaks of a code (a status line may also hold a masked phone number).
 _CODE_IN_TEXT = re.compile(r"\bcode\b\D{0,40}?(?<![0-9])([0-9]{3,8})(?![0-9])", re.IGNORECASE)
-# Under sshd nothing reaches the user between the answer and the end of the wait (FACTS.md),
+# Under sshd nothing reaches the user between the answer and the end of the wait (docs/platform.md),
 # so the menu says beforehand what will happen.
 MSG_SSHD_NOTICE = "(After Duo Push or Phone call, approve the request on your phone: nothing more is shown here until you do.)"
 

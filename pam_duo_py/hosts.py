@@ -12,7 +12,7 @@ _SUDO_LONG_WITH_VALUE = {
 
 
 def holds_info_messages(service: str) -> bool:
-    """OpenSSH delivers PAM info messages only with the next prompt (FACTS.md)."""
+    """OpenSSH delivers PAM info messages only with the next prompt (docs/platform.md)."""
     return service.startswith("sshd")
 
 

@@ -1,4 +1,4 @@
-"""``pam-duo-login``: the SSH ``ForceCommand`` wrapper (SPEC §7).
+"""``pam-duo-login``: the SSH ``ForceCommand`` wrapper (docs/behaviour.md §7).
 
 It runs as the logged-in user and asks the broker (which alone can read the
 keys) to run the Duo login; on success it becomes the user's shell or the

@@ -1,4 +1,4 @@
-"""Clock skew is reported in words; a dead first address hands over to the next (SPEC §5, duo.py).
+"""Clock skew is reported in words; a dead first address hands over to the next (docs/behaviour.md §5, duo.py).
 
 Clock skew: a simulator whose clock runs 3600 s ahead (or behind) refuses every request
 with 401 40105. The login is refused in both failmodes, and the decision's log line says

@@ -1,4 +1,4 @@
-"""The fault matrix: every way Duo can fail, at every step, under both failmodes (SPEC §5).
+"""The fault matrix: every way Duo can fail, at every step, under both failmodes (docs/behaviour.md §5).
 
 Each cell is one login through the real PAM stack (pamdrive, ``STACK_ONLY_FACTOR``) for
 the local user ``pdt-alice``, mapped (``users.map_file``) to a Duo user name that tells
@@ -309,7 +309,7 @@ def test_fault_matrix(via, simulator, extra_simulator, dead_ends, nxdomain_dns, 
         name = "fault-matrix.txt" if via == "in-process" else "fault-matrix-broker.txt"
         (directory / name).write_text(table, encoding="utf-8")
     failed = [r for r in rows if r.problems]
-    assert not failed, "cells that differ from SPEC §5:\n" + "\n".join(
+    assert not failed, "cells that differ from docs/behaviour.md §5:\n" + "\n".join(
         f"{r.cell.fault} @ {r.cell.where} [{r.mode}]: {'; '.join(r.problems)} -- {r.line}" for r in failed)
 
 

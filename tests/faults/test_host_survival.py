@@ -7,12 +7,12 @@ in one process and reports VmRSS/VmHWM after the first and the last iteration.
 
 One loop per scenario (preauth allow, preauth deny, HTTP 500 at preauth, Duo down),
 and the same for an EMPTY pam_python module (returns PAM_SUCCESS), measured in the same
-run: pam_python itself leaks memory per handle (FACTS.md), so the product is judged
+run: pam_python itself leaks memory per handle (docs/platform.md), so the product is judged
 against that floor. Every iteration must print a RESULT line with the expected code.
 
 Measured on Debian 12: the truly empty module grows about 2 MB per transaction, much
 more than a module that imports ``ssl``, ``json`` and ``socket`` and does nothing else
-(about 350 kB, the figure FACTS.md gives for pam_python): once libssl/libcrypto stay
+(about 350 kB, close to the figure docs/platform.md gives for pam_python): once libssl/libcrypto stay
 mapped, each interpreter's start and finish recycles memory better. So the product must
 grow no more than the empty module (the floor asked for), and also no more than the
 "empty + imports" module plus SLACK_KB, which is the comparison that means something.

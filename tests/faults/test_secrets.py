@@ -1,4 +1,4 @@
-"""Secrets, the file rule and the environment, through the real PAM stack (SPEC §4, §8, FACTS.md).
+"""Secrets, the file rule and the environment, through the real PAM stack (docs/behaviour.md §4, §8, docs/platform.md).
 
 * ``test_skey_and_passcodes_never_leak``: the skey (inline and from ``skey_file``) and the
   passcodes typed never show up in the syslog lines, the audit files, the error texts, the
@@ -6,7 +6,7 @@
   ``/proc/*/environ`` of any process while a login waits for Duo. (pamdrive's own argv
   carries the answers it types, standing in for the user's keyboard; it is the only
   command line not searched for the passcodes.)
-* ``test_file_rule_through_pam``: every file of SPEC §4's rule (config, skey_file,
+* ``test_file_rule_through_pam``: every file of docs/behaviour.md §4's rule (config, skey_file,
   map_file, ca_file, audit_file) with a bad mode, a non-root owner, a group-writable parent
   directory, or as a symlink, is refused with PAM_SERVICE_ERR under ``failmode = "safe"``,
   with nothing sent to Duo; the same files done right log in.

@@ -1,6 +1,6 @@
 """pam_duo_py.duo.DuoClient over real HTTPS against the in-process simulator.
 
-What the Duo client layer promises (SPEC §4, §5 and the module docstring of
+What the Duo client layer promises (docs/behaviour.md §4, §5 and the module docstring of
 pam_duo_py.duo): signatures Duo accepts, the CA always pinned, the environment
 never read, the proxy only from the config, one overall deadline per call
 (connect, TLS and every read included), failover between addresses inside that

@@ -83,13 +83,13 @@ PAM_MAXTRIES = 11
 PAM_CONV_ERR = 19
 PAM_IGNORE = 25
 
-# The PAM line (SPEC section 3). "{conf}" is filled in by pam_service(conf=...).
+# The PAM line (docs/behaviour.md §3). "{conf}" is filled in by pam_service(conf=...).
 DUO_MODULE = f"pam_python.so {ENTRY} conf={{conf}}"
 ACCOUNT_PERMIT = "account required pam_permit.so"
 
 # Canonical stack 1: Duo as the second factor after the password. The test
 # stack leaves the password module out, so this is a lone "auth required":
-# a user the module ignores (PAM_IGNORE) ends as PAM_PERM_DENIED (FACTS.md).
+# a user the module ignores (PAM_IGNORE) ends as PAM_PERM_DENIED (docs/platform.md).
 STACK_SECOND_FACTOR = [
     f"auth required {DUO_MODULE}",
     ACCOUNT_PERMIT,

@@ -42,7 +42,7 @@ HOST_USERS = ("alice", "bob", "allow", "deny", "enroll", "pushdeny", "vpush", "v
               "tokenonly")
 USER_PREFIX = "pdt-host-"
 
-# What the simulator's default users (two phones and a token) see: SPEC section 6.
+# What the simulator's default users (two phones and a token) see: docs/behaviour.md §6.
 MENU_BODY = (
     "Enter a passcode or select one of the following options:\n"
     "\n"

@@ -1,4 +1,4 @@
-"""The broker alone (SPEC §7): ``pam-duo-py broker`` started by hand against the simulator,
+"""The broker alone (docs/behaviour.md §7): ``pam-duo-py broker`` started by hand against the simulator,
 driven by clients that run as root (in this process) or as a test user (``runuser``)."""
 from __future__ import annotations
 

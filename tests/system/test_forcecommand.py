@@ -1,4 +1,4 @@
-"""ForceCommand mode end to end (SPEC §7): a real sshd on loopback with public-key logins,
+"""ForceCommand mode end to end (docs/behaviour.md §7): a real sshd on loopback with public-key logins,
 the shipped sshd snippet, ``pam-duo-login`` as the ForceCommand and a broker started by hand,
 against the local Duo simulator."""
 from __future__ import annotations

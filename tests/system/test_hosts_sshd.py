@@ -1,7 +1,7 @@
 """sshd: a real OpenSSH server on loopback with the shipped PAM stack (etc/pam.d/sshd, "Duo as
 the only PAM factor") and sshd snippet (etc/sshd_config.d/pam_duo_py-kbdint.conf), logged into
 with a public key and keyboard-interactive, every prompt answered by an SSH_ASKPASS script
-that records what it was shown: what the person at the ssh client sees (SPEC sections 3, 6)."""
+that records what it was shown: what the person at the ssh client sees (docs/behaviour.md §3, §6)."""
 from __future__ import annotations
 
 import re

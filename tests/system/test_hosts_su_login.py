@@ -6,7 +6,7 @@ So the tests never change those files: each run starts in a mount namespace of i
 (``unshare --mount``) in which the shipped examples (with ``conf=`` pointing at the test
 config) are bind-mounted over them, and a copy of /etc/shadow that gives root a test
 password (su to root asks for it). Nothing outside that namespace sees any of it, and nothing
-is left behind when a test dies (SPEC sections 3, 6)."""
+is left behind when a test dies (docs/behaviour.md §3, §6)."""
 from __future__ import annotations
 
 import grp

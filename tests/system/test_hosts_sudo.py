@@ -1,6 +1,6 @@
 """sudo and sudo -i: the real sudo 1.9 with PAM services of their own (``Defaults pam_service=``
 and ``pam_login_service=`` in /etc/sudoers.d/pdt-host) holding the shipped stacks
-(etc/pam.d/sudo and etc/pam.d/sudo-i), on a terminal and without one (SPEC sections 3, 6)."""
+(etc/pam.d/sudo and etc/pam.d/sudo-i), on a terminal and without one (docs/behaviour.md §3, §6)."""
 from __future__ import annotations
 
 import re

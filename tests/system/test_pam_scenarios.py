@@ -1,7 +1,7 @@
-"""Login scenarios through real libpam and the real pam_python.so (SPEC §3, §5, §6, §8).
+"""Login scenarios through real libpam and the real pam_python.so (docs/behaviour.md §3, §5, §6, §8).
 
 Every test writes its own PAM service (/etc/pam.d/pdt-scn-*) with one of the
-canonical stacks of SPEC §3, drives it with pamdrive against the local Duo
+canonical stacks of docs/behaviour.md §3, drives it with pamdrive against the local Duo
 simulator and checks three things: the PAM code, what the user saw (prompts,
 TEXT_INFO and ERROR_MSG lines) and the decision line in the log (syslog when
 this test run owns /dev/log, and always the JSON-lines audit file).
@@ -43,7 +43,7 @@ pytestmark = pytest.mark.system
 TTY = "/dev/pts/9"
 RHOST = "203.0.113.5"
 
-# The two canonical stacks of SPEC §3 (the test version of "after the password" leaves the
+# The two canonical stacks of docs/behaviour.md §3 (the test version of "after the password" leaves the
 # password module out, so it is a lone "auth required"), plus the real after-password stack.
 STACKS = {
     "second-factor": STACK_SECOND_FACTOR,
@@ -375,7 +375,7 @@ def test_exempt_user(harness: Harness, test_users) -> None:
     test_users.set_password("pdt-exempt", password)
     expected = {
         # A lone "auth required" module that answers PAM_IGNORE leaves libpam without any
-        # module's verdict, and libpam then refuses: PAM_PERM_DENIED (FACTS.md). This is
+        # module's verdict, and libpam then refuses: PAM_PERM_DENIED (docs/platform.md). This is
         # why the after-the-password stack always has the password module in front.
         "second-factor": PAM_PERM_DENIED,
         # "requisite" ignores PAM_IGNORE, and pam_permit below decides: PAM_SUCCESS.

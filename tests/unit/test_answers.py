@@ -1,4 +1,4 @@
-"""The factor menu and the answer rules (SPEC §6)."""
+"""The factor menu and the answer rules (docs/behaviour.md §6)."""
 from __future__ import annotations
 
 import re

@@ -4,13 +4,13 @@ Property tests (hypothesis) of what goes in and what must come out:
 
 * answers typed at the prompt (any unicode, control characters, 10 000 characters,
   embedded newlines) through the PAM entry point: nothing crashes, only passcodes of the
-  allowed shapes reach Duo and never the password (SPEC §6), and the texts shown to the
+  allowed shapes reach Duo and never the password (docs/behaviour.md §6), and the texts shown to the
   user have no control or escape characters;
 * local and mapped user names, remote hosts and ttys, including ones built to forge a
   log line (quotes, newlines, "from 10.0.0.1"): every log line is one line, and its quoted
-  user name is exactly the (escaped) name (SPEC §8);
+  user name is exactly the (escaped) name (docs/behaviour.md §8);
 * configuration text (random text and random TOML with wrong types and odd values):
-  ``parse_config`` returns a valid Config or raises ConfigError, nothing else (SPEC §4);
+  ``parse_config`` returns a valid Config or raises ConfigError, nothing else (docs/behaviour.md §4);
 * ``map_file`` text: ``parse_map_file`` never raises and keeps only well-formed lines;
 * every Duo reply, as raw HTTP status and body, through the real client layer
   (``DuoClient`` with its transport replaced) and through the engine: typed results or a
@@ -64,7 +64,7 @@ FORBIDDEN_FORMATS = {"\u2028", "\u2029", *map(chr, range(0x202A, 0x202F)), *map(
 
 
 def terminal_safe(text: str) -> bool:
-    """No control or escape character except the newline (SPEC §6: text shown to the user)."""
+    """No control or escape character except the newline (docs/behaviour.md §6: text shown to the user)."""
     return all(c == "\n" or (unicodedata.category(c) != "Cc" and c not in FORBIDDEN_FORMATS) for c in text)
 
 

@@ -1,4 +1,4 @@
-"""Configuration parsing and validation (SPEC §4)."""
+"""Configuration parsing and validation (docs/behaviour.md §4)."""
 from __future__ import annotations
 
 import os

@@ -1,4 +1,4 @@
-"""The decision engine against a scripted Duo and a scripted user (SPEC §5, §6)."""
+"""The decision engine against a scripted Duo and a scripted user (docs/behaviour.md §5, §6)."""
 from __future__ import annotations
 
 import unicodedata

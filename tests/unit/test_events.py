@@ -1,4 +1,4 @@
-"""Decision events: syslog wording, escaping, and the audit file (SPEC §8)."""
+"""Decision events: syslog wording, escaping, and the audit file (docs/behaviour.md §8)."""
 from __future__ import annotations
 
 import json

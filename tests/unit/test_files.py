@@ -1,4 +1,4 @@
-"""The file rule (SPEC §4) on real files under tmp_path.
+"""The file rule (docs/behaviour.md §4) on real files under tmp_path.
 
 The rule trusts root and the effective uid, so these tests pass both as root and as an
 ordinary user; the "owned by someone else" cases need root to chown and are skipped otherwise.

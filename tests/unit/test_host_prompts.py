@@ -1,4 +1,4 @@
-"""What differs per host program in what the user is told (SPEC section 6): the menu's notice
+"""What differs per host program in what the user is told (docs/behaviour.md §6): the menu's notice
 under sshd, alerts that PAM_SILENT does not hide, and su's caller through the broker."""
 from __future__ import annotations
 

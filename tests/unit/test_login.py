@@ -1,4 +1,4 @@
-"""One login front to back with a scripted Duo: local user, groups, identity, events (SPEC §4, §5, §8)."""
+"""One login front to back with a scripted Duo: local user, groups, identity, events (docs/behaviour.md §4, §5, §8)."""
 from __future__ import annotations
 
 import grp

@@ -1,4 +1,4 @@
-"""The pam_python entry points with a fake handle (SPEC §3, §5).
+"""The pam_python entry points with a fake handle (docs/behaviour.md §3, §5).
 
 FakePamh carries the real Linux-PAM constants, and formatting it (or its messages) raises and is
 recorded: every test here also checks that no pam object was ever formatted.

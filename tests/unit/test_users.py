@@ -1,4 +1,4 @@
-"""Who must do Duo, as whom, and group lookups (SPEC §4, §5)."""
+"""Who must do Duo, as whom, and group lookups (docs/behaviour.md §4, §5)."""
 from __future__ import annotations
 
 import grp
