@@ -187,6 +187,15 @@ class HostEnv:
         return [r for r in self.simulator.requests(since=mark[0])
                 if r.get("event") == "request" and r.get("ts_start", 0) >= mark[2]]
 
+    def resolved(self, mark: tuple[int, int, float]) -> list[tuple[str, str]]:
+        """(result, status) of the pushes and calls started since ``mark`` as the simulator resolved them.
+
+        Only this login's transactions: a push an earlier test left unanswered may be ended
+        (deny/timeout) by the simulator meanwhile."""
+        txids = {r.get("txid") for r in self.requests(mark) if r.get("path") == "/auth/v2/auth" and r.get("txid")}
+        return [(r["result"], r["status"]) for r in self.simulator.requests(since=mark[0])
+                if r.get("event") == "push_resolved" and r.get("txid") in txids]
+
     def calls(self, mark: tuple[int, int, float]) -> list[tuple[str, Optional[str], Optional[str]]]:
         """(endpoint, Duo user, factor) of each request since ``mark``; auth_status polls folded into one."""
         out: list[tuple[str, Optional[str], Optional[str]]] = []

@@ -298,8 +298,7 @@ def test_verified_push_code_is_shown_before_the_wait(ssh, host, duo_user, enter)
     calls = host.calls(mark)
     assert calls[:2] == [("preauth", duo_user, None), ("auth", duo_user, "push")]
     assert host.requests(mark)[-1]["path"] == "/auth/v2/auth_status"
-    resolved = [r for r in host.simulator.requests(since=mark[0]) if r.get("event") == "push_resolved"]
-    assert [(r["result"], r["status"]) for r in resolved] == [("allow", "allow")]
+    assert host.resolved(mark) == [("allow", "allow")]
     assert host.audit_events(mark)[-1]["outcome"] == "success"
 
 

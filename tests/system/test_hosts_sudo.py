@@ -188,8 +188,7 @@ def test_verified_push_approved_with_the_code_on_the_screen(sudo, host):
         assert term.finish() == 0
         assert term.rest() == "root\n", term.rest()
     _success(host, mark, user, SUDO_SERVICE, "push")
-    resolved = [r for r in host.simulator.requests(since=mark[0]) if r.get("event") == "push_resolved"]
-    assert [(r["result"], r["status"]) for r in resolved] == [("allow", "allow")]
+    assert host.resolved(mark) == [("allow", "allow")]
 
 
 def type_in_duo_mobile(host, duo_user: str, code: str) -> None:
