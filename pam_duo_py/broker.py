@@ -81,7 +81,7 @@ ANSWER_TIMEOUT = 180.0  # for each whole answer frame
 ACK_TIMEOUT = 2.0  # a PAM client waits this long for "accepted", then decides in-process
 WRAPPER_ACK_TIMEOUT = 10.0  # pam-duo-login has no fallback: it waits longer, then refuses
 MAX_PER_UID = 4  # concurrent logins of one non-root caller
-MAX_PER_USER = 16  # concurrent logins for one target user from root callers; more go in-process
+MAX_PER_USER = 64  # concurrent logins for one target user from root callers; more go in-process
 MAX_CONNECTIONS = 512  # open client connections in all (further bounded by RLIMIT_NOFILE)
 MAX_CONNECTIONS_PER_UID = 2 * MAX_PER_UID  # of one non-root uid, requests not yet read included
 NOFILE_TARGET = 65536  # the soft RLIMIT_NOFILE the broker raises itself to (at most the hard limit)
@@ -642,6 +642,7 @@ class Broker:
             return
         key = ("user", request.user) if uid == 0 else ("uid", uid)
         if not self._enter(key):
+            self.health.busy += 1
             self._send(conn, {"type": "busy", "message": "too many concurrent logins for this user"})
             return
         try:
