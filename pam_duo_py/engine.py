@@ -7,7 +7,6 @@ own, so every branch is tested with fakes.
 """
 from __future__ import annotations
 
-import enum
 import re
 import time
 from typing import Callable, Protocol
@@ -16,6 +15,7 @@ from .record import Record
 from .answers import Choice, Menu, Refusal, build_menu, parse_answer
 from .config import AuthSettings, DuoIdentity
 from .errors import ConversationError, DuoError, DuoRefused, DuoTimeout, DuoUnavailable, DuoUnknownAnswer
+from .result import Result
 from .replies import AuthResult, Device, DuoApi, Preauth
 from .hosts import holds_info_messages
 from .text import for_display
@@ -23,19 +23,6 @@ from .text import for_display
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from .state import PreferredDevices, Remember
-
-
-class Result(enum.Enum):
-    """PAM results by name (the PAM layer turns them into ``pamh.PAM_*``)."""
-
-    SUCCESS = "SUCCESS"
-    AUTH_ERR = "AUTH_ERR"
-    MAXTRIES = "MAXTRIES"
-    IGNORE = "IGNORE"
-    USER_UNKNOWN = "USER_UNKNOWN"
-    CONV_ERR = "CONV_ERR"
-    AUTHINFO_UNAVAIL = "AUTHINFO_UNAVAIL"
-    SERVICE_ERR = "SERVICE_ERR"
 
 
 class Prompter(Protocol):
