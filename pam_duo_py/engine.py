@@ -6,6 +6,7 @@ every branch is tested with fakes.
 """
 from __future__ import annotations
 
+import enum
 import re
 import time
 import urllib.parse
