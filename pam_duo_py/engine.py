@@ -6,7 +6,6 @@ every branch is tested with fakes.
 """
 from __future__ import annotations
 
-import enum
 import re
 import time
 import urllib.parse
@@ -17,6 +16,7 @@ from .answers import Choice, Menu, Refusal, build_menu, parse_answer
 from .config import AuthSettings, DuoIdentity
 from .duo import DuoApi
 from .errors import ConversationError, DuoError, DuoRefused, DuoTimeout, DuoUnavailable, DuoUnknownAnswer
+from .result import Result
 from .replies import AuthResult, Device, Preauth, parse_auth_result, parse_auth_started
 from .hosts import holds_info_messages
 from .text import for_display
@@ -24,19 +24,6 @@ from .text import for_display
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from .state import PreferredDevices, Remember
-
-
-class Result(enum.Enum):
-    """PAM results by name (the PAM layer turns them into ``pamh.PAM_*``)."""
-
-    SUCCESS = "SUCCESS"
-    AUTH_ERR = "AUTH_ERR"
-    MAXTRIES = "MAXTRIES"
-    IGNORE = "IGNORE"
-    USER_UNKNOWN = "USER_UNKNOWN"
-    CONV_ERR = "CONV_ERR"
-    AUTHINFO_UNAVAIL = "AUTHINFO_UNAVAIL"
-    SERVICE_ERR = "SERVICE_ERR"
 
 
 class Prompter(Protocol):

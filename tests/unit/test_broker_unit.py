@@ -11,8 +11,9 @@ import struct
 import pytest
 
 from pam_duo_py import broker, watch
-from pam_duo_py.broker import BUSY, Broker, NotAccepted, ProtocolError, converse
+from pam_duo_py.broker import Broker, NotAccepted, ProtocolError, converse
 from pam_duo_py.errors import ConfigError
+from pam_duo_py.result import Result
 
 
 def frame(obj: dict) -> bytes:
@@ -73,8 +74,17 @@ def test_a_broker_that_hangs_up_before_accepting_is_not_accepted():
 
 def test_busy_is_its_own_answer():
     sock = FakeSock({"type": "busy", "message": "too many concurrent logins for this user"})
-    assert converse(sock, {"user": "alice"}, UI()) == (BUSY, "too many concurrent logins for this user")
+    assert converse(sock, {"user": "alice"}, UI()) == (Result.BUSY, "too many concurrent logins for this user")
     assert sock.sent == [{"user": "alice", "type": "login"}]
+
+
+@pytest.mark.parametrize("wire, result", [
+    ("OTHER_CONFIG", Result.OTHER_CONFIG), ("BAD_CONFIG", Result.BAD_CONFIG), ("MAXTRIES", Result.MAXTRIES),
+    ("NO_SUCH_RESULT", Result.AUTH_ERR), (None, Result.SERVICE_ERR), (7, Result.SERVICE_ERR),
+])
+def test_the_result_is_a_value_read_from_the_wire(wire, result):
+    sock = FakeSock({"type": "result", "result": wire, "message": "the broker's words"})
+    assert converse(sock, {"user": "alice"}, UI()) == (result, "the broker's words")
 
 
 def test_after_accepted_a_lost_broker_is_a_plain_protocol_error():
