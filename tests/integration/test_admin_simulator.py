@@ -13,13 +13,13 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from pam_duo_py import cli  # noqa: E402
-from pam_duo_py.admin_api import AdminApi, admin_transport  # noqa: E402
-from pam_duo_py.admin_config import load_admin_config  # noqa: E402
+from pam_duo_tools import cli  # noqa: E402
+from pam_duo_tools.admin_api import AdminApi, admin_transport  # noqa: E402
+from pam_duo_tools.admin_config import load_admin_config  # noqa: E402
 from pam_duo_py.config import DuoIdentity  # noqa: E402
 from pam_duo_py.duo import DuoClient  # noqa: E402
 from pam_duo_py.errors import DuoCredentialsRejected, DuoRefused  # noqa: E402
-from pam_duo_py.simulator import Simulator  # noqa: E402
+from pam_duo_sim.simulator import Simulator  # noqa: E402
 
 pytestmark = pytest.mark.integration
 

@@ -43,7 +43,7 @@ from pam_duo_py.errors import (  # noqa: E402
     DuoUnavailable,
     DuoUnknownAnswer,
 )
-from pam_duo_py.simulator import PHONE1, Simulator  # noqa: E402
+from pam_duo_sim.simulator import PHONE1, Simulator  # noqa: E402
 
 pytestmark = pytest.mark.integration
 

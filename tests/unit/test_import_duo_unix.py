@@ -16,10 +16,10 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from pam_duo_py import cli  # noqa: E402
+from pam_duo_tools import cli  # noqa: E402
 from pam_duo_py.config import UsersSettings, parse_config  # noqa: E402
 from pam_duo_py.errors import ConfigError  # noqa: E402
-from pam_duo_py.import_duo_unix import ConversionError, convert, translate_groups  # noqa: E402
+from pam_duo_tools.import_duo_unix import ConversionError, convert, translate_groups  # noqa: E402
 
 DATA = pathlib.Path(__file__).resolve().parent / "data" / "duo_unix"
 SAMPLES = sorted(p.name for p in DATA.glob("*.conf"))

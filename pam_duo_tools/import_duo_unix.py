@@ -36,9 +36,9 @@ import textwrap
 from dataclasses import dataclass, field
 from typing import Sequence
 
-from . import files
-from .config import DEFAULT_PATH, DEFAULT_SOCKET, parse_config
-from .errors import ConfigError, PamDuoError
+from pam_duo_py import files
+from pam_duo_py.config import DEFAULT_PATH, DEFAULT_SOCKET, parse_config
+from pam_duo_py.errors import ConfigError, PamDuoError
 
 MAX_SOURCE_SIZE = 1 << 20
 LINE_BYTES = 199          # fgets() with duo_unix's 200-byte buffer
