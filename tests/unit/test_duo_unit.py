@@ -366,25 +366,49 @@ def test_requests_are_the_ones_duo_client_builds_and_signs(monkeypatch, method, 
     assert request["headers"]["Authorization"].startswith("Basic ")
 
 
-def test_signing_does_not_import_what_only_duo_clients_unused_paths_need():
+UNUSED_BY_THE_LOGIN = ("http", "http.client", "email", "email.utils", "argparse", "urllib.request", "random", "threading")
+
+
+def in_a_fresh_interpreter(code: str) -> str:
+    """``code``'s output in ``python3 -I`` with this tree and duo-client importable (no threads: as in pam_python)."""
     import subprocess
     import sys
 
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    code = (f"import sys; sys.path[:0] = [{root!r}] + [p for p in sys.argv[1:]];"
-            "from pam_duo_py import duo; duo.duo_client_module();"
-            "print(sorted(m for m in ('http', 'http.client', 'email', 'email.utils', 'argparse', 'urllib.request',"
-            " 'random', 'threading') if m in sys.modules))")
     site = [p for p in sys.path if p.endswith("site-packages")]
-    out = subprocess.run([sys.executable, "-I", "-c", code, *site], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "[]"
+    prelude = "import sys; sys.path[:0] = sys.argv[1:]\n"
+    out = subprocess.run([sys.executable, "-I", "-c", prelude + code, root, *site], capture_output=True, text=True,
+                         check=True)
+    return out.stdout.strip()
 
 
-def test_duo_clients_unused_paths_still_work_when_called():
-    client_module = __import__("pam_duo_py.duo", fromlist=["duo_client_module"]).duo_client_module()
-    assert client_module.email.utils.formatdate(0) == "Thu, 01 Jan 1970 00:00:00 -0000"
-    assert client_module.http.client.HTTPConnection.default_port == 80
-    assert callable(client_module.random.uniform)
+def test_signing_does_not_import_what_only_duo_clients_unused_paths_need():
+    out = in_a_fresh_interpreter(
+        "from pam_duo_py import duo\n"
+        "client = duo.duo_client_module()\n"
+        f"print(sorted(m for m in {UNUSED_BY_THE_LOGIN!r} if m in sys.modules))\n"
+        # duo-client's own code paths still work when something calls them: the real modules come then
+        "print(client.email.utils.formatdate(0), client.http.client.HTTPConnection.default_port,\n"
+        "      client.argparse.ArgumentParser.__name__, 0 <= client.random.uniform(0, 1) <= 1)\n"
+        "print(type(sys.modules['http.client']) is type(sys) and sys.modules['email.utils'].formatdate is not None)\n")
+    imported, used, real = out.splitlines()
+    assert imported == "[]"
+    assert used == "Thu, 01 Jan 1970 00:00:00 -0000 80 ArgumentParser True"
+    assert real == "True"  # the real modules, imported on first use
+
+
+def test_the_login_path_does_not_import_what_only_duo_clients_unused_paths_need():
+    out = in_a_fresh_interpreter(
+        "from pam_duo_py import duo, login, pam\n"
+        "from pam_duo_py.config import DuoSettings, DuoIdentity\n"
+        "settings = DuoSettings(ikey='DIABCDEFGHIJKLMNOPQR', skey='S' * 40, host='api-test.duosecurity.com',\n"
+        "                       port=None, ca_file=None, proxy=None, timeout=1.0)\n"
+        "replies = iter([(200, {'date': 'Wed, 02 Dec 2026 15:04:05 GMT'}, b'{\"stat\": \"OK\", \"response\": "
+        "{\"result\": \"allow\"}}')])\n"
+        "client = duo.DuoClient(settings, transport=lambda *request: next(replies))\n"
+        "print(client.preauth(DuoIdentity(username='a'), ipaddr=None, hostname=None, verified_push=False).result)\n"
+        f"print(sorted(m for m in {UNUSED_BY_THE_LOGIN!r} if m in sys.modules))\n")
+    assert out.splitlines() == ["allow", "[]"]
 
 
 # -- error mapping -----------------------------------------------------------------------------
@@ -651,3 +675,21 @@ def test_duo_message_detail_goes_into_the_error_text():
     with pytest.raises(DuoRefused) as info:
         client.check()
     assert str(info.value) == "HTTP 400 code 40002: Invalid request parameters (username)"
+
+
+@pytest.mark.parametrize("status", [401, 403, 429])
+def test_a_refusal_whose_body_is_not_utf8_is_still_a_refusal(status):
+    """A proxy or load balancer may answer 4xx with any bytes: Duo's (or its front's) refusal never
+    becomes "Duo unreachable", which failmode = "safe" would let in."""
+    from fakes import FakePrompter
+    from pam_duo_py.config import AuthSettings
+    from pam_duo_py.engine import Engine, Login, Result
+
+    client, _ = client_with((status, {}, b"\xff\xfe<html>\x9c</html>"))
+    with pytest.raises(DuoRefused) as info:
+        client.preauth(DuoIdentity(username="alice"), ipaddr=None, hostname=None, verified_push=False)
+    assert info.value.status == status and not isinstance(info.value, DuoUnavailable)
+    client, _ = client_with((status, {}, b"\xff\xfe<html>\x9c</html>"))
+    engine = Engine(AuthSettings(failmode="safe"), client, FakePrompter([]), clock=FakeClock(), sleep=lambda s: None)
+    outcome = engine.run(Login(user="alice", identity=DuoIdentity(username="alice"), service="sshd", interactive=False))
+    assert outcome.result is Result.AUTHINFO_UNAVAIL
