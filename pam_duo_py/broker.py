@@ -20,10 +20,10 @@ broker -> client, first answer, one of::
     {"type": "result", ...}                     a refusal before the login started (below)
 
 A PAM client that gets no first answer within ``ACK_TIMEOUT`` (a stopped or
-overloaded broker), ``busy``, or a connection closed before ``accepted``,
-decides the login in-process: nothing was sent to Duo. After ``accepted``, a
-lost broker is a refusal (a push may be on its way). ``pam-duo-login`` has no
-in-process fallback: for it all of these are a refusal.
+overloaded broker), ``busy`` (``Result.BUSY`` to the caller), ``OTHER_CONFIG``, or
+a connection closed before ``accepted``, decides the login in-process: nothing was
+sent to Duo. After ``accepted``, a lost broker is a refusal (a push may be on its
+way). ``pam-duo-login`` has no in-process fallback: for it all of these are a refusal.
 
 After ``accepted``, any number of::
 
@@ -32,13 +32,14 @@ After ``accepted``, any number of::
     {"type": "alert", "text": "..."}   client answers {"type": "ack"}
 
 and last ``{"type": "result", "result": "SUCCESS", "message": "..."}`` (a name of
-:class:`~pam_duo_py.engine.Result`), after which the broker closes the connection.
-``message`` is empty except when the broker itself refuses: a first frame that is
-not a valid frame, or does not arrive whole within ``FIRST_FRAME_TIMEOUT``, gets
-``SERVICE_ERR`` / ``"bad request"``; a first frame of another type ``SERVICE_ERR`` /
-``"expected a login request"``; a root caller naming another config file
-``SERVICE_ERR`` / ``OTHER_CONFIG`` (the PAM module then decides in-process); a
-config that changed on disk and no longer loads ``SERVICE_ERR`` / ``BAD_CONFIG``.
+:class:`~pam_duo_py.result.Result`), after which the broker closes the connection.
+``message`` is empty except when the broker itself refuses, and then it is text for
+people (clients decide on ``result`` alone): a first frame that is not a valid
+frame, or does not arrive whole within ``FIRST_FRAME_TIMEOUT``, gets ``SERVICE_ERR``
+/ ``"bad request"``; a first frame of another type ``SERVICE_ERR`` / ``"expected a
+login request"``; a root caller naming another config file ``OTHER_CONFIG`` (the PAM
+module then decides in-process); a config that changed on disk and no longer loads
+``BAD_CONFIG``.
 
 Trust: the caller's uid comes from the kernel (``SO_PEERCRED``). Root (the PAM
 module inside sshd or sudo) may name any user, address, service and password.
@@ -74,6 +75,7 @@ if TYPE_CHECKING:  # annotations only: importing typing costs milliseconds per l
 
 from .errors import ConfigError, ConversationError, PamDuoError
 from .paths import DEFAULT_SOCKET  # noqa: F401  (the socket clients look for first)
+from .result import Result
 
 MAX_FRAME = 64 * 1024
 FIRST_FRAME_TIMEOUT = 5.0  # for the whole first frame: a client that trickles bytes is cut off too
@@ -88,9 +90,12 @@ NOFILE_TARGET = 65536  # the soft RLIMIT_NOFILE the broker raises itself to (at 
 TICK = 1.0  # seconds between calls of Broker.tick from the accept loop
 MAX_IDLE_CLIENTS = 8
 WRAPPER_SERVICE = "pam-duo-login"
-OTHER_CONFIG = "the broker serves another config"
-BAD_CONFIG = "configuration error (see the system log)"
-BUSY = "BUSY"  # what converse() returns for a "busy" answer: not a PAM result
+# The text that goes with the broker's own answers, for people (pam-duo-login shows it).
+MESSAGES = {
+    Result.BUSY: "too many concurrent logins for this user",
+    Result.OTHER_CONFIG: "the broker serves another config",
+    Result.BAD_CONFIG: "configuration error (see the system log)",
+}
 _HEADER = struct.Struct(">I")
 
 
@@ -185,11 +190,11 @@ def connect(path: str, timeout: float = ACK_TIMEOUT) -> socket.socket:
 
 
 def converse(sock: socket.socket, request: dict[str, Any], ui: Any, *, ack_timeout: float = ACK_TIMEOUT,
-             frame_timeout: float = 700.0) -> tuple[str, str]:
+             frame_timeout: float = 700.0) -> tuple[Result, str]:
     """Send a login request and relay the broker's prompts to ``ui`` (a Prompter). Returns (result, message).
 
     Until the broker accepts the login, any failure raises :class:`NotAccepted`
-    (within ``ack_timeout``); a "busy" answer returns ``(BUSY, message)``. After
+    (within ``ack_timeout``); a "busy" answer returns ``(Result.BUSY, message)``. After
     that, ``frame_timeout`` bounds the wait for each broker message; it exceeds
     the longest push wait the config allows, so only a hung broker hits it.
     """
@@ -205,9 +210,11 @@ def converse(sock: socket.socket, request: dict[str, Any], ui: Any, *, ack_timeo
         text = message.get("text") if isinstance(message.get("text"), str) else ""
         if kind == "result":
             result = message.get("result")
-            return (result if isinstance(result, str) else "SERVICE_ERR"), str(message.get("message") or "")
+            if not isinstance(result, str):
+                return Result.SERVICE_ERR, str(message.get("message") or "")
+            return Result.from_wire(result) or Result.AUTH_ERR, str(message.get("message") or "")
         if kind == "busy" and not accepted:
-            return BUSY, str(message.get("message") or "")
+            return Result.BUSY, str(message.get("message") or "")
         if kind == "accepted" and not accepted:
             accepted = True
         elif kind == "ask":
@@ -360,7 +367,7 @@ class Broker:
         self._threading = threading
         self._duo_factory = duo_factory
         self.pool = ClientPool(self.config.duo, duo_factory)
-        from .duo import bound_name_lookups
+        from .transport import bound_name_lookups
 
         bound_name_lookups()  # the broker may start threads: name lookups end at the call's deadline
         self._active: dict[Any, int] = {}  # ("user", name) for root callers, ("uid", uid) for others
@@ -574,7 +581,7 @@ class Broker:
         except BaseException as exc:  # one bad client must never take the broker down
             try:
                 self.sink.error(f"broker: internal error for uid {uid}: {type(exc).__name__}: {exc}")
-                self._reply(conn, "SERVICE_ERR", "internal error")
+                self._reply(conn, Result.SERVICE_ERR, "internal error")
             except BaseException:
                 pass
         finally:
@@ -588,8 +595,9 @@ class Broker:
         except (ProtocolError, OSError):
             return False
 
-    def _reply(self, conn: socket.socket, result: str, message: str = "") -> None:
-        self._send(conn, {"type": "result", "result": result, "message": message})
+    def _reply(self, conn: socket.socket, result: Result, message: str | None = None) -> None:
+        text = MESSAGES.get(result, "") if message is None else message
+        self._send(conn, {"type": "result", "result": result.value, "message": text})
 
     def _request(self, conn: socket.socket, uid: int) -> Any:
         """The login request from the first frame, or None after answering a refusal."""
@@ -601,20 +609,20 @@ class Broker:
         except (ProtocolError, OSError) as exc:
             if "closed the connection" not in str(exc):  # not a client that just went away
                 self.sink.error(f"broker: bad request from uid {uid}: {exc}")
-                self._reply(conn, "SERVICE_ERR", "bad request")
+                self._reply(conn, Result.SERVICE_ERR, "bad request")
             return None
         if message["type"] != "login":
-            self._reply(conn, "SERVICE_ERR", "expected a login request")
+            self._reply(conn, Result.SERVICE_ERR, "expected a login request")
             return None
         user = _text(message, "user", 256)
         if user is None:
-            self._reply(conn, "USER_UNKNOWN", "no user named")
+            self._reply(conn, Result.USER_UNKNOWN, "no user named")
             return None
         interactive = message.get("interactive") if isinstance(message.get("interactive"), bool) else None
         if uid == 0:
             wanted = _text(message, "config")
             if wanted and os.path.realpath(wanted) != os.path.realpath(self.config_path):
-                self._reply(conn, "SERVICE_ERR", OTHER_CONFIG)
+                self._reply(conn, Result.OTHER_CONFIG)
                 return None
             return LoginRequest(
                 user=user, service=_text(message, "service", 64) or "", rhost=_text(message, "rhost", 256),
@@ -626,7 +634,7 @@ class Broker:
         caller = lookup_uid(uid)
         if caller is None or caller.name != user:
             self.sink.error(f"broker: uid {uid} asked to log in as another user; refused")
-            self._reply(conn, "AUTH_ERR", "you can only authenticate as yourself")
+            self._reply(conn, Result.AUTH_ERR, "you can only authenticate as yourself")
             return None
         return LoginRequest(
             user=caller.name, service=WRAPPER_SERVICE, rhost=_text(message, "rhost", 256),
@@ -643,18 +651,18 @@ class Broker:
         key = ("user", request.user) if uid == 0 else ("uid", uid)
         if not self._enter(key):
             self.health.busy += 1
-            self._send(conn, {"type": "busy", "message": "too many concurrent logins for this user"})
+            self._send(conn, {"type": "busy", "message": MESSAGES[Result.BUSY]})
             return
         try:
             if not self._send(conn, {"type": "accepted"}):
                 return  # the client gave up waiting (and decides in-process): nothing was sent to Duo
             config = self.current_config()
             if config is None:
-                self._reply(conn, "SERVICE_ERR", BAD_CONFIG)
+                self._reply(conn, Result.BAD_CONFIG)
                 return
             pool = self.pool
             outcome = authenticate(config, request, BrokerPrompter(conn), sink=self.sink, duo_factory=pool.get)
-            self._reply(conn, outcome.result.value)
+            self._reply(conn, outcome.result)
         finally:
             self._leave(key)
 

@@ -11,7 +11,7 @@ from typing import Callable
 from .record import Record
 from . import users
 from .config import Config, DuoSettings
-from .engine import Engine, Login, Outcome, Prompter, Result
+from .engine import Engine, Kind, Login, Outcome, Prompter, Result
 from .errors import UserLookupError
 from .events import CLAIMED, EventSink, event
 
@@ -60,9 +60,9 @@ def authenticate(config: Config, request: LoginRequest, ui: Prompter, *, sink: E
         person = users.second_factor_user(request.service, target, request.caller_uid) if target else None
     except UserLookupError as exc:
         sink.emit(event("error", reason=str(exc), **base))
-        return Outcome(Result.SERVICE_ERR, "error", str(exc))
+        return Outcome(Result.SERVICE_ERR, Kind.ERROR, str(exc))
     if person is None:
-        outcome = Outcome(Result.USER_UNKNOWN, "failure", "unknown local user")
+        outcome = Outcome(Result.USER_UNKNOWN, Kind.FAILURE, "unknown local user")
         sink.emit(event("failure", reason=outcome.reason, **base))
         return outcome
     base["user"] = person.name
@@ -71,10 +71,10 @@ def authenticate(config: Config, request: LoginRequest, ui: Prompter, *, sink: E
         identity = users.duo_identity_for(config.users, person)
     except UserLookupError as exc:
         sink.emit(event("error", reason=str(exc), **base))
-        return Outcome(Result.SERVICE_ERR, "error", str(exc))
+        return Outcome(Result.SERVICE_ERR, Kind.ERROR, str(exc))
     if identity is None:
         sink.emit(event("exempt", reason="not in users.groups", **base))
-        return Outcome(Result.IGNORE, "exempt", "not in users.groups")
+        return Outcome(Result.IGNORE, Kind.EXEMPT, "not in users.groups")
 
     login = Login(
         user=person.name,
@@ -105,7 +105,7 @@ def authenticate(config: Config, request: LoginRequest, ui: Prompter, *, sink: E
     finally:
         facts = _duo_facts(duo)  # before close(): a pooled client goes back to serve other logins
         duo.close()
-    sink.emit(event(outcome.outcome, duo_user=str(identity), factor=outcome.factor, txid=outcome.txid,
+    sink.emit(event(outcome.kind.value, duo_user=str(identity), factor=outcome.factor, txid=outcome.txid,
                     reason=outcome.reason, duo_status=outcome.duo_status, **facts, **base))
     return outcome
 

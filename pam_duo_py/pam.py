@@ -182,9 +182,6 @@ def _authenticate(pamh: Any, flags: int, argv: list[str]) -> int:
     return _code(pamh, outcome.result.value)
 
 
-_RESULT_NAMES = {"SUCCESS", "AUTH_ERR", "MAXTRIES", "IGNORE", "USER_UNKNOWN", "CONV_ERR", "AUTHINFO_UNAVAIL", "SERVICE_ERR"}
-
-
 def _via_broker(socket_path: str, conf: str, fields: dict, ui: PamPrompter) -> str | None:
     """Hand the login to the broker. None: the broker did not take it, so decide in-process.
 
@@ -193,7 +190,8 @@ def _via_broker(socket_path: str, conf: str, fields: dict, ui: PamPrompter) -> s
     decided here. Once accepted, a broken connection is a refusal, never a second
     try in-process (a push may already be on its way).
     """
-    from .broker import BUSY, OTHER_CONFIG, NotAccepted, ProtocolError, connect, converse
+    from .broker import NotAccepted, ProtocolError, connect, converse
+    from .result import Result
 
     try:
         sock = connect(socket_path)
@@ -207,9 +205,9 @@ def _via_broker(socket_path: str, conf: str, fields: dict, ui: PamPrompter) -> s
     except (ProtocolError, OSError):
         send_syslog(LOG_ERR, "lost the broker during a login; refused")
         return "AUTH_ERR"
-    if result == BUSY or (result == "SERVICE_ERR" and message == OTHER_CONFIG):
+    if result in (Result.BUSY, Result.OTHER_CONFIG):
         return None  # busy, or it serves another config: decide here, with ours (nothing was sent to Duo)
-    return result if result in _RESULT_NAMES else "AUTH_ERR"
+    return result.pam_name
 
 
 def pam_sm_authenticate(pamh: Any, flags: int, argv: list[str]) -> int:

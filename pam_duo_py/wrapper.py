@@ -17,17 +17,19 @@ from typing import Sequence
 
 from .broker import WRAPPER_ACK_TIMEOUT, NotAccepted, ProtocolError, connect, converse
 from .paths import DEFAULT_SOCKET
+from .result import Result
 from .errors import ConversationError
 from .text import for_display
 
 SFTP_SERVERS = ("/usr/lib/openssh/sftp-server", "/usr/libexec/openssh/sftp-server", "/usr/libexec/sftp-server")
-RESULT_MESSAGES = {
-    "AUTH_ERR": "Duo login refused.",
-    "MAXTRIES": "Duo login refused: too many attempts.",
-    "CONV_ERR": "Duo login cancelled.",
-    "AUTHINFO_UNAVAIL": "Duo two-factor authentication is unavailable; login refused.",
-    "USER_UNKNOWN": "Duo login refused: unknown user.",
-    "SERVICE_ERR": "Duo login refused: configuration or internal error (see the system log).",
+RESULT_MESSAGES = {  # what the user reads when the login is refused; the broker may add its reason
+    Result.AUTH_ERR: "Duo login refused.",
+    Result.MAXTRIES: "Duo login refused: too many attempts.",
+    Result.CONV_ERR: "Duo login cancelled.",
+    Result.AUTHINFO_UNAVAIL: "Duo two-factor authentication is unavailable; login refused.",
+    Result.USER_UNKNOWN: "Duo login refused: unknown user.",
+    Result.SERVICE_ERR: "Duo login refused: configuration or internal error (see the system log).",
+    Result.BAD_CONFIG: "Duo login refused: configuration or internal error (see the system log).",
 }
 
 
@@ -163,11 +165,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stderr.write(f"pam-duo-login: lost the broker: {exc}; login refused.\n")
         return 1
     except KeyboardInterrupt:  # Ctrl-C while a push is pending: no traceback, nothing runs
-        sys.stderr.write(RESULT_MESSAGES["CONV_ERR"] + "\n")
+        sys.stderr.write(RESULT_MESSAGES[Result.CONV_ERR] + "\n")
         return 1
     finally:
         ui.close()
-    if result not in ("SUCCESS", "IGNORE"):
+    if result not in (Result.SUCCESS, Result.IGNORE):
         text = RESULT_MESSAGES.get(result, "Duo login refused.")
         if message:  # the broker's own reason (e.g. too many concurrent logins), already plain text
             text = f"{text.rstrip('.')}: {for_display(message, limit=200).rstrip('.')}."

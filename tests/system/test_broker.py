@@ -16,8 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from pam_duo_py.broker import BAD_CONFIG, FIRST_FRAME_TIMEOUT, MAX_FRAME, MAX_PER_UID, connect, converse, recv_frame
+from pam_duo_py.broker import MESSAGES, FIRST_FRAME_TIMEOUT, MAX_FRAME, MAX_PER_UID, connect, converse, recv_frame
 from pam_duo_py.errors import ConversationError
+from pam_duo_py.result import Result
 
 from .brokerkit import (
     BrokerProcess,
@@ -38,6 +39,7 @@ from .conftest import (
 )
 
 pytestmark = pytest.mark.system
+BAD_CONFIG = (Result.BAD_CONFIG, MESSAGES[Result.BAD_CONFIG])  # (result, message) of a broker whose config broke
 
 PUSH_TIMEOUT = 6
 
@@ -362,7 +364,7 @@ def test_garbage_first_frames_are_refused_and_the_broker_keeps_serving(shared, n
     ({"type": "login", "user": ["pdt-alice"]}, "USER_UNKNOWN", "no user named"),
     ({"type": "login", "user": "pdt-alice\x00x"}, "USER_UNKNOWN", "no user named"),
     ({"type": "login", "user": "pdt-nosuchuser"}, "USER_UNKNOWN", ""),
-    ({"type": "login", "user": "pdt-allow", "config": "/etc/other.toml"}, "SERVICE_ERR",
+    ({"type": "login", "user": "pdt-allow", "config": "/etc/other.toml"}, "OTHER_CONFIG",
      "the broker serves another config"),
 ])
 def test_wrong_requests_get_a_clean_refusal(shared, message, result, text):
@@ -588,8 +590,8 @@ def test_sighup_reloads_the_config_and_a_broken_one_refuses_logins(setup_factory
     if syslog_capture.available:
         assert syslog_capture.wait_for(lambda s: "reload failed, logins refused" in s, since=log_mark, timeout=5)
     assert broker.running
-    assert root_login(setup.socket, "pdt-tokenonly", ["x", "x"], interactive=True)[:2] == ("SERVICE_ERR", BAD_CONFIG)
-    assert root_login(setup.socket, "pdt-alice")[:2] == ("SERVICE_ERR", BAD_CONFIG)
+    assert root_login(setup.socket, "pdt-tokenonly", ["x", "x"], interactive=True)[:2] == BAD_CONFIG
+    assert root_login(setup.socket, "pdt-alice")[:2] == BAD_CONFIG
 
     # A config that breaks the file rule is refused the same way.
     setup.auth["prompts"] = 3
@@ -598,6 +600,6 @@ def test_sighup_reloads_the_config_and_a_broken_one_refuses_logins(setup_factory
     since = broker.mark("stderr")
     broker.hup()
     assert broker.wait_for(lambda s: "reload failed" in s, stream="stderr", since=since)
-    assert root_login(setup.socket, "pdt-tokenonly", ["x", "x"], interactive=True)[:2] == ("SERVICE_ERR", BAD_CONFIG)
+    assert root_login(setup.socket, "pdt-tokenonly", ["x", "x"], interactive=True)[:2] == BAD_CONFIG
     os.chmod(setup.config, 0o600)  # fixed: the next login loads it, SIGHUP or not
     assert len(root_login(setup.socket, "pdt-tokenonly", ["x", "x", "x"], interactive=True)[2].asked) == 3

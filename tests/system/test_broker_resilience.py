@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from pam_duo_py.broker import MAX_PER_USER, BAD_CONFIG
+from pam_duo_py.broker import MAX_PER_USER, MESSAGES
+from pam_duo_py.result import Result
 
 from .brokerkit import fc_root  # noqa: F401  (fixture)
 from .brokerkit import run_user_client, write_map, write_root_file
@@ -27,6 +28,7 @@ from .test_broker import GARBAGE, audit_lines, audit_mark, frame, raw_connect, r
 from .test_broker import setup_factory  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.system
+BAD_CONFIG = (Result.BAD_CONFIG, MESSAGES[Result.BAD_CONFIG])  # (result, message) of a broker whose config broke
 
 PAM_AUTH_ERR = 7
 PAM_SERVICE_ERR = 3
@@ -205,13 +207,13 @@ def test_the_next_login_follows_the_config_on_disk(setup_factory, simulator, pam
     os.chmod(setup.config, 0o644)  # in-process logins refuse this config: so must the broker
     result = run_pam(SERVICE, "pdt-alice")
     assert result.code == PAM_SERVICE_ERR, result
-    assert root_login(setup.socket, "pdt-alice")[:2] == ("SERVICE_ERR", BAD_CONFIG)
+    assert root_login(setup.socket, "pdt-alice")[:2] == BAD_CONFIG
     os.chmod(setup.config, 0o600)
     assert root_login(setup.socket, "pdt-alice")[0] == "SUCCESS"
 
     moved = setup.config.with_suffix(".moved")
     os.rename(setup.config, moved)  # deleted
-    assert root_login(setup.socket, "pdt-alice")[:2] == ("SERVICE_ERR", BAD_CONFIG)
+    assert root_login(setup.socket, "pdt-alice")[:2] == BAD_CONFIG
     os.rename(moved, setup.config)
     assert root_login(setup.socket, "pdt-alice")[0] == "SUCCESS"
 
@@ -221,7 +223,7 @@ def test_the_next_login_follows_the_config_on_disk(setup_factory, simulator, pam
     result, _, ui = root_login(setup.socket, "pdt-alice")
     assert result == "AUTH_ERR" and "Your account is disabled" in "\n".join(ui.alerts)
     os.chmod(setup.map_file, 0o666)  # a map anyone may write: refused
-    assert root_login(setup.socket, "pdt-alice")[:2] == ("SERVICE_ERR", BAD_CONFIG)
+    assert root_login(setup.socket, "pdt-alice")[:2] == BAD_CONFIG
 
     # The config names another map_file.
     other = test_root / "fc-disk-other-map.txt"
@@ -231,7 +233,7 @@ def test_the_next_login_follows_the_config_on_disk(setup_factory, simulator, pam
     try:
         assert root_login(setup.socket, "pdt-alice")[0] == "SUCCESS"
         other.unlink()
-        assert root_login(setup.socket, "pdt-alice")[:2] == ("SERVICE_ERR", BAD_CONFIG)
+        assert root_login(setup.socket, "pdt-alice")[:2] == BAD_CONFIG
     finally:
         setup.write_config()
         write_map(setup.map_file)

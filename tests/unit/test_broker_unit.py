@@ -11,8 +11,9 @@ import struct
 import pytest
 
 from pam_duo_py import broker, watch
-from pam_duo_py.broker import BUSY, Broker, NotAccepted, ProtocolError, converse
+from pam_duo_py.broker import Broker, NotAccepted, ProtocolError, converse
 from pam_duo_py.errors import ConfigError
+from pam_duo_py.result import Result
 
 
 def frame(obj: dict) -> bytes:
@@ -73,8 +74,17 @@ def test_a_broker_that_hangs_up_before_accepting_is_not_accepted():
 
 def test_busy_is_its_own_answer():
     sock = FakeSock({"type": "busy", "message": "too many concurrent logins for this user"})
-    assert converse(sock, {"user": "alice"}, UI()) == (BUSY, "too many concurrent logins for this user")
+    assert converse(sock, {"user": "alice"}, UI()) == (Result.BUSY, "too many concurrent logins for this user")
     assert sock.sent == [{"user": "alice", "type": "login"}]
+
+
+@pytest.mark.parametrize("wire, result", [
+    ("OTHER_CONFIG", Result.OTHER_CONFIG), ("BAD_CONFIG", Result.BAD_CONFIG), ("MAXTRIES", Result.MAXTRIES),
+    ("NO_SUCH_RESULT", Result.AUTH_ERR), (None, Result.SERVICE_ERR), (7, Result.SERVICE_ERR),
+])
+def test_the_result_is_a_value_read_from_the_wire(wire, result):
+    sock = FakeSock({"type": "result", "result": wire, "message": "the broker's words"})
+    assert converse(sock, {"user": "alice"}, UI()) == (result, "the broker's words")
 
 
 def test_after_accepted_a_lost_broker_is_a_plain_protocol_error():
@@ -244,9 +254,9 @@ def test_a_login_after_a_failed_reload_gets_no_config(config, tmp_path):
 def test_the_broker_bounds_name_lookups_by_the_calls_deadline(config, monkeypatch):
     import threading
 
-    from pam_duo_py import duo
+    from pam_duo_py import transport
 
-    monkeypatch.setattr(duo, "_lookup", None, raising=False)  # whatever an earlier test set
+    monkeypatch.setattr(transport, "_lookup", None, raising=False)  # whatever an earlier test set
     release = threading.Event()
     calls: list = []
 
@@ -259,8 +269,8 @@ def test_the_broker_bounds_name_lookups_by_the_calls_deadline(config, monkeypatc
     Broker(str(config))
     try:
         with pytest.raises(socket.gaierror, match="name lookup timed out"):
-            duo._open_tcp("api-test.duosecurity.com", 443, lambda: 0.05)
-        assert calls == ["api-test.duosecurity.com"] and not release.is_set()  # cut off, not answered
+            transport._open_tcp("api-test.duosecurity.com", 443, lambda: 0.05)
+        assert calls == [b"api-test.duosecurity.com"] and not release.is_set()  # cut off, not answered
     finally:
         release.set()
 
@@ -268,11 +278,11 @@ def test_the_broker_bounds_name_lookups_by_the_calls_deadline(config, monkeypatc
 def test_pending_name_lookups_are_bounded(monkeypatch):
     import threading
 
-    from pam_duo_py import duo
+    from pam_duo_py import transport
 
     release = threading.Event()
     monkeypatch.setattr(socket, "getaddrinfo", lambda *a: release.wait(10) and [])
-    lookups = duo._Lookups(limit=2)
+    lookups = transport._Lookups(limit=2)
     try:
         for _ in range(2):
             with pytest.raises(socket.gaierror, match="timed out"):

@@ -6,16 +6,17 @@ import os
 import sys
 from typing import Sequence
 
-from . import __version__
-from .paths import DEFAULT_ADMIN_CONFIG
-from .paths import DEFAULT_CONFIG as DEFAULT_PATH
+from pam_duo_py import __version__
+from pam_duo_py.paths import DEFAULT_ADMIN_CONFIG
+from pam_duo_py.paths import DEFAULT_CONFIG as DEFAULT_PATH
 
 EXIT_OK, EXIT_CONFIG, EXIT_DUO, EXIT_CLOCK = 0, 1, 2, 3
 # Where duo_unix keeps its config: its own default, then Debian's libpam-duo and login-duo.
 DUO_UNIX_PATHS = ("/etc/duo/pam_duo.conf", "/etc/duo/login_duo.conf",
                   "/etc/security/pam_duo.conf", "/etc/security/login_duo.conf")
 SIMULATOR_MISSING = ("pam-duo-py simulate: the Duo simulator is not installed. It is a test and demo tool and "
-                     "is not part of this package; run it from a source checkout: python3 -m pam_duo_py simulate")
+                     "is not part of this package; install it with scripts/install.sh --with-simulator, or run it "
+                     "from a source checkout: python3 -m pam_duo_sim")
 CLOCK_LIMIT = 60.0
 
 
@@ -159,8 +160,8 @@ def _duration(text: str) -> float:
 
 
 def _check(config_path: str, user: str | None, offline: bool = False) -> int:
-    from .config import load_config
-    from .errors import ConfigError, DuoError
+    from pam_duo_py.config import load_config
+    from pam_duo_py.errors import ConfigError, DuoError
 
     try:
         config = load_config(config_path)
@@ -171,8 +172,8 @@ def _check(config_path: str, user: str | None, offline: bool = False) -> int:
         return EXIT_CONFIG
     print(f"Config {config_path}: OK")
     if config.log.audit_file:
-        from . import files
-        from .errors import FileRuleError
+        from pam_duo_py import files
+        from pam_duo_py.errors import FileRuleError
 
         try:
             files.check_directories(config.log.audit_file)
@@ -182,7 +183,7 @@ def _check(config_path: str, user: str | None, offline: bool = False) -> int:
     if offline:
         return EXIT_OK
 
-    from .duo import DuoClient
+    from pam_duo_py.duo import DuoClient
 
     client = DuoClient(config.duo)
     host = config.duo.host + (f":{config.duo.port}" if config.duo.port else "")
@@ -204,9 +205,9 @@ def _check(config_path: str, user: str | None, offline: bool = False) -> int:
         print(f"Clock: offset from Duo {round(offset):+d} s (OK; the Date header has 1 s resolution)")
 
     if user:
-        from . import users as users_mod
-        from .answers import build_menu
-        from .errors import UserLookupError
+        from pam_duo_py import users as users_mod
+        from pam_duo_py.answers import build_menu
+        from pam_duo_py.errors import UserLookupError
 
         local = users_mod.lookup(user)
         if local is None:
@@ -229,7 +230,7 @@ def _check(config_path: str, user: str | None, offline: bool = False) -> int:
             return EXIT_DUO
         finally:
             client.close()
-        from .text import for_display
+        from pam_duo_py.text import for_display
 
         shown = f"Duo user {for_display(str(identity), 100)}"
         pre = pre.replace(status_msg=for_display(pre.status_msg, 300),
@@ -257,9 +258,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["simulate"]:
         try:
-            from .simulator import main as simulate_main
+            from pam_duo_sim.simulator import main as simulate_main
         except ModuleNotFoundError as exc:
-            if exc.name != f"{__package__}.simulator":
+            if exc.name not in ("pam_duo_sim", "pam_duo_sim.simulator"):
                 raise
             print(SIMULATOR_MISSING, file=sys.stderr)
             return EXIT_CONFIG
@@ -283,7 +284,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return admin_main(args)
     if args.command == "broker":
-        from .broker import main as broker_main
+        from pam_duo_py.broker import main as broker_main
 
         return broker_main(args.config, args.socket)
     if args.command == "import-duo-unix":
