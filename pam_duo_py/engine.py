@@ -341,9 +341,9 @@ class Engine:
 
     def _attempt(self, login: Login, pre: Preauth, choice: Choice) -> _Tried:
         """One factor, started and waited for: Duo's verdict."""
-        where = {"ipaddr": login.ipaddr, "hostname": login.hostname}
         if choice.factor == "passcode":
-            reply = self.duo.check_passcode(login.identity, choice.passcode or "", **where)
+            reply = self.duo.check_passcode(login.identity, choice.passcode or "", ipaddr=login.ipaddr,
+                                            hostname=login.hostname)
             return self._judge("passcode", reply, txid=None, device=None)
 
         assert choice.device is not None
@@ -354,11 +354,12 @@ class Engine:
             if self.settings.verified_push:
                 txid, code = self._verified_push(login, pre)
             self._pushes += 1
-            started = self.duo.start_push(login.identity, choice.device.device, pushinfo=self._pushinfo(login),
-                                          txid=txid, **where)
+            started = self.duo.start_push(login.identity, choice.device.device, ipaddr=login.ipaddr,
+                                          hostname=login.hostname, pushinfo=self._pushinfo(login), txid=txid)
         else:
             assert choice.factor == "phone", choice.factor  # SMS is sent by _send_sms, never as an attempt
-            started = self.duo.start_phone(login.identity, choice.device.device, **where)
+            started = self.duo.start_phone(login.identity, choice.device.device, ipaddr=login.ipaddr,
+                                           hostname=login.hostname)
         shown = _Shown(choice.factor, code or started.verification_code)
         if shown.code:
             self._show_code(shown.code)
