@@ -28,7 +28,7 @@ import socket
 import ssl
 import time
 from datetime import timezone
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Sequence
 
 from . import replies
 from .config import DuoIdentity, DuoSettings
@@ -45,19 +45,6 @@ from .errors import (
 
 Clock = Callable[[], float]
 MAX_RATE_LIMIT_RETRIES = 6  # as duo_unix; the call's deadline usually ends the waits first
-
-
-class DuoApi(Protocol):
-    """What the decision engine needs from Duo (the real client, or a fake in tests)."""
-
-    def preauth(self, identity: DuoIdentity, *, ipaddr: str | None, hostname: str | None,
-                verified_push: bool) -> replies.Preauth: ...
-
-    def auth(self, identity: DuoIdentity, factor: str, params: dict[str, str]) -> dict[str, Any]: ...
-
-    def auth_status(self, txid: str, timeout: float) -> replies.AuthResult: ...
-
-    def close(self) -> None: ...
 
 
 class _DeadlineSocket:
@@ -441,8 +428,59 @@ def error_kind(exc: DuoError, *, long_poll: bool = False) -> str:
     return "unreachable"
 
 
-class DuoClient:
-    """The real :class:`DuoApi`: one instance per login (or per broker worker)."""
+class AuthCalls:
+    """The typed ``/auth/v2/auth`` calls: Duo's parameters are built here and nowhere else.
+
+    Built on ``_auth_call(identity, factor, params) -> raw reply`` (the real client's signed call,
+    or a test's recorder); replies are checked by :mod:`pam_duo_py.replies`.
+    """
+
+    def _auth_call(self, identity: DuoIdentity, factor: str, params: dict[str, str]) -> Any:
+        raise NotImplementedError
+
+    def _parsed(self, parse: Callable[..., Any], reply: Any, **options: Any) -> Any:
+        return parse(reply, **options)
+
+    def start_push(self, identity: DuoIdentity, device: str, *, ipaddr: str | None, hostname: str | None,
+                   pushinfo: Sequence[tuple[str, str]] = (), txid: str | None = None) -> replies.AuthStarted:
+        params = _place(ipaddr, hostname, device=device, **{"async": "1"})
+        if pushinfo:
+            import urllib.parse
+
+            params["pushinfo"] = urllib.parse.urlencode(list(pushinfo))
+        if txid:
+            params["txid"] = txid  # Verified Push: the transaction the preauth opened
+        return self._parsed(replies.parse_auth_started, self._auth_call(identity, "push", params))
+
+    def start_phone(self, identity: DuoIdentity, device: str, *, ipaddr: str | None,
+                    hostname: str | None) -> replies.AuthStarted:
+        params = _place(ipaddr, hostname, device=device, **{"async": "1"})
+        return self._parsed(replies.parse_auth_started, self._auth_call(identity, "phone", params))
+
+    def check_passcode(self, identity: DuoIdentity, passcode: str, *, ipaddr: str | None,
+                       hostname: str | None) -> replies.AuthResult:
+        params = _place(ipaddr, hostname, passcode=passcode, **{"async": "0"})
+        return self._parsed(replies.parse_auth_result, self._auth_call(identity, "passcode", params), allow_waiting=False)
+
+    def send_sms(self, identity: DuoIdentity, device: str | None, *, ipaddr: str | None,
+                 hostname: str | None) -> replies.AuthResult:
+        params = _place(ipaddr, hostname, device=device or "auto", **{"async": "0"})
+        return self._parsed(replies.parse_auth_result, self._auth_call(identity, "sms", params), allow_waiting=False)
+
+
+def _place(ipaddr: str | None, hostname: str | None, **params: str) -> dict[str, str]:
+    """Where the login comes from (sent when known), then the call's own parameters."""
+    place = {}
+    if ipaddr:
+        place["ipaddr"] = ipaddr
+    if hostname:
+        place["hostname"] = hostname
+    place.update(params)
+    return place
+
+
+class DuoClient(AuthCalls):
+    """The real :class:`~pam_duo_py.replies.DuoApi`: one instance per login (or per broker worker)."""
 
     def __init__(self, settings: DuoSettings, *, clock: Clock = time.monotonic,
                  sleep: Callable[[float], None] = time.sleep) -> None:
@@ -593,22 +631,16 @@ class DuoClient:
     def preauth(self, identity: DuoIdentity, *, ipaddr: str | None, hostname: str | None,
                 verified_push: bool) -> replies.Preauth:
         params = identity.params()
-        if ipaddr:
-            params["ipaddr"] = ipaddr
-        if hostname:
-            params["hostname"] = hostname
+        params.update(_place(ipaddr, hostname))
         if verified_push:
             params["client_supports_verified_push"] = "1"
         return self._parsed(replies.parse_preauth, self.call("POST", "/auth/v2/preauth", params))
 
-    def auth(self, identity: DuoIdentity, factor: str, params: dict[str, str]) -> dict[str, Any]:
+    def _auth_call(self, identity: DuoIdentity, factor: str, params: dict[str, str]) -> Any:
         body = identity.params()
         body.update(params)
         body["factor"] = factor
-        reply = self.call("POST", "/auth/v2/auth", body)
-        if not isinstance(reply, dict):
-            raise DuoMalformedReply("auth reply is not a JSON object")
-        return reply
+        return self.call("POST", "/auth/v2/auth", body)
 
     def auth_status(self, txid: str, timeout: float) -> replies.AuthResult:
         """Duo long-polls this call until the transaction changes; ``timeout`` bounds the wait."""

@@ -43,7 +43,7 @@ from pam_duo_py.errors import (  # noqa: E402
     DuoUnavailable,
     DuoUnknownAnswer,
 )
-from pam_duo_py.simulator import PHONE1, Simulator  # noqa: E402
+from pam_duo_sim.simulator import PHONE1, Simulator  # noqa: E402
 
 pytestmark = pytest.mark.integration
 
@@ -156,9 +156,9 @@ def preauth(c: DuoClient, name: str):
 
 
 def push(c: DuoClient, name: str) -> str:
-    reply = c.auth(who(name), "push", {"device": PHONE1["device"], "async": "1"})
-    assert isinstance(reply.get("txid"), str) and reply["txid"], reply
-    return reply["txid"]
+    started = c.start_push(who(name), PHONE1["device"], ipaddr=None, hostname=None)
+    assert isinstance(started.txid, str) and started.txid, started
+    return started.txid
 
 
 class Listeners:
@@ -254,8 +254,8 @@ def test_real_signatures_accepted(client, sim: Simulator) -> None:
     assert pre.result == "auth"
     assert [d.device for d in pre.devices][:2] == ["DPFZRS9FB0D46QFTM891", "DPFZRS9FB0D46QFTM892"]
     assert "push" in pre.devices[0].capabilities
-    passcode = c.auth(who(name), "passcode", {"passcode": "123456", "async": "0"})
-    assert passcode["result"] == "allow", passcode
+    passcode = c.check_passcode(who(name), "123456", ipaddr=None, hostname=None)
+    assert passcode.result == "allow", passcode
     txid = push(c, name)
     status = c.auth_status(txid, timeout=5)
     assert (status.result, status.status) == ("allow", "allow")
@@ -628,7 +628,7 @@ def test_other_4xx_refused(client) -> None:
         c.call("GET", "/auth/v2/nope", {})
     assert excinfo.value.status == 404
     with pytest.raises(DuoRefused) as excinfo:  # 400 at /auth for a preauth-allow user
-        c.auth(who(uniq("allow")), "push", {"device": "auto", "async": "1"})
+        c.start_push(who(uniq("allow")), "auto", ipaddr=None, hostname=None)
     assert excinfo.value.status == 400
 
 
@@ -672,7 +672,7 @@ def test_reconnects_after_server_closed_idle_connection(client, sim: Simulator) 
             pass
     # Wait (on the socket, not the clock) until the hang-up has reached the client.
     select.select([c._auth._conn.sock.fileno()], [], [], 5)
-    assert c.auth(who(name), "passcode", {"passcode": "123456", "async": "0"})["result"] == "allow"
+    assert c.check_passcode(who(name), "123456", ipaddr=None, hostname=None).result == "allow"
     assert c.connections_opened == 2
 
 
@@ -683,6 +683,6 @@ def test_request_lost_after_sending_is_never_sent_twice(client, sim: Simulator) 
     assert preauth(c, name).result == "auth"
     mark = log_mark(sim)
     with pytest.raises(DuoUnavailable):
-        c.auth(who(name), "push", {"device": "auto", "async": "1"})
+        c.start_push(who(name), "auto", ipaddr=None, hostname=None)
     auths = [r for r in log_since(sim, mark) if r.get("event") == "request" and r.get("path") == "/auth/v2/auth"]
     assert len(auths) == 1

@@ -45,7 +45,7 @@ from pam_duo_py.engine import Engine, Kind, Login, Outcome, Result
 from pam_duo_py.errors import ConfigError, DuoError, FileRuleError
 from pam_duo_py.events import event, syslog_line
 from pam_duo_py.pam import pam_sm_authenticate
-from pam_duo_py.replies import AuthResult, Device, Preauth
+from pam_duo_py.replies import AuthResult, AuthStarted, Device, Preauth
 
 try:
     ME = pwd.getpwuid(os.geteuid()).pw_name
@@ -462,7 +462,7 @@ def raw_client(data) -> tuple[DuoClient, list]:
     return client, sent
 
 
-@given(data=st.data(), endpoint=st.sampled_from(["preauth", "auth", "auth_status", "check"]))
+@given(data=st.data(), endpoint=st.sampled_from(["preauth", "push", "phone", "passcode", "sms", "auth_status", "check"]))
 def test_any_http_reply_through_the_client(data, endpoint):
     client, _ = raw_client(data)
     who = DuoIdentity(username="alice")
@@ -470,8 +470,14 @@ def test_any_http_reply_through_the_client(data, endpoint):
         if endpoint == "preauth":
             result = client.preauth(who, ipaddr=None, hostname=None, verified_push=False)
             assert isinstance(result, Preauth) and result.result in ("allow", "deny", "enroll", "auth")
-        elif endpoint == "auth":
-            assert isinstance(client.auth(who, "push", {"device": "D1", "async": "1"}), dict)
+        elif endpoint in ("push", "phone"):
+            start = client.start_push if endpoint == "push" else client.start_phone
+            result = start(who, "D1", ipaddr=None, hostname=None)
+            assert isinstance(result, AuthStarted) and result.txid
+        elif endpoint in ("passcode", "sms"):
+            result = (client.check_passcode(who, "123456", ipaddr=None, hostname=None) if endpoint == "passcode"
+                      else client.send_sms(who, None, ipaddr=None, hostname=None))
+            assert isinstance(result, AuthResult) and result.result in ("allow", "deny")
         elif endpoint == "auth_status":
             result = client.auth_status("TX1", timeout=3.0)
             assert isinstance(result, AuthResult) and result.result in ("allow", "deny", "waiting")

@@ -7,7 +7,8 @@ import sys
 
 import pytest
 
-from pam_duo_py import __version__, cli
+from pam_duo_py import __version__
+from pam_duo_tools import cli
 
 from conftest import ROOT
 
@@ -63,7 +64,7 @@ def test_config_option_before_or_after_the_subcommand(tmp_path, argv):
 
 
 def test_simulate_help_lists_every_simulator_option(capsys):
-    from pam_duo_py import simulator
+    from pam_duo_sim import simulator
 
     with pytest.raises(SystemExit):
         simulator.main(["--help"])
@@ -78,11 +79,14 @@ def test_simulate_help_lists_every_simulator_option(capsys):
         assert option in shown
 
 
-def test_simulate_says_plainly_when_the_simulator_is_not_installed(monkeypatch, capsys):
-    monkeypatch.setitem(sys.modules, "pam_duo_py.simulator", None)  # import fails as when absent
+@pytest.mark.parametrize("absent", ["pam_duo_sim.simulator", "pam_duo_sim"])
+def test_simulate_says_plainly_when_the_simulator_is_not_installed(monkeypatch, capsys, absent):
+    monkeypatch.delitem(sys.modules, "pam_duo_sim.simulator", raising=False)
+    monkeypatch.setitem(sys.modules, absent, None)  # import fails as when absent
     assert cli.main(["simulate", "--help"]) == 1
     err = capsys.readouterr().err
     assert "not installed" in err and "Traceback" not in err
+    assert "--with-simulator" in err
 
 
 def test_import_duo_unix_without_src_looks_in_the_debian_paths_too(tmp_path, monkeypatch, capsys):

@@ -377,15 +377,45 @@ def test_preauth_sends_identity_address_hostname_and_verified_push(client, monke
     ]
 
 
-def test_auth_sends_factor_and_params_and_checks_the_reply(client, monkeypatch):
+@pytest.mark.parametrize("call,expected", [
+    (lambda c, who: c.start_push(who, "D1", ipaddr="203.0.113.5", hostname="server1"),
+     {"device": "D1", "async": "1", "factor": "push", "ipaddr": "203.0.113.5", "hostname": "server1"}),
+    (lambda c, who: c.start_push(who, "D1", ipaddr=None, hostname=None,
+                                 pushinfo=(("Server", "server1"), ("Command", "ls -l & rm")), txid="PRE-TX1"),
+     {"device": "D1", "async": "1", "factor": "push", "txid": "PRE-TX1",
+      "pushinfo": "Server=server1&Command=ls+-l+%26+rm"}),
+    (lambda c, who: c.start_phone(who, "D2", ipaddr=None, hostname="server1"),
+     {"device": "D2", "async": "1", "factor": "phone", "hostname": "server1"}),
+])
+def test_async_auth_calls_send_duos_parameters(client, monkeypatch, call, expected):
     recorder = Recorder({"txid": "TX1"})
     monkeypatch.setattr(client._auth, "json_api_call", recorder)
-    assert client.auth(DuoIdentity(username="alice"), "push", {"device": "D1", "async": "1"}) == {"txid": "TX1"}
-    assert recorder.calls == [("POST", "/auth/v2/auth", {"username": "alice", "device": "D1", "async": "1",
-                                                         "factor": "push"})]
+    assert call(client, DuoIdentity(username="alice")) == AuthStarted("TX1")
+    assert recorder.calls == [("POST", "/auth/v2/auth", dict(expected, username="alice"))]
     monkeypatch.setattr(client._auth, "json_api_call", Recorder(["not", "an", "object"]))
     with pytest.raises(DuoMalformedReply):
-        client.auth(DuoIdentity(username="alice"), "push", {})
+        call(client, DuoIdentity(username="alice"))
+
+
+def test_sync_auth_calls_send_duos_parameters(client, monkeypatch):
+    recorder = Recorder({"result": "deny", "status": "sent", "status_msg": "New SMS passcodes sent"})
+    monkeypatch.setattr(client._auth, "json_api_call", recorder)
+    who = DuoIdentity(user_id="DUABCDEFGHIJ01234567")
+    assert client.send_sms(who, None, ipaddr="203.0.113.5", hostname=None) == \
+        AuthResult("deny", "sent", "New SMS passcodes sent")
+    assert client.send_sms(who, "D1", ipaddr=None, hostname=None).status == "sent"
+    recorder.outcome = {"result": "allow", "status": "allow", "status_msg": "Success"}
+    assert client.check_passcode(who, "123456", ipaddr=None, hostname="server1").result == "allow"
+    assert recorder.calls == [
+        ("POST", "/auth/v2/auth", {"user_id": "DUABCDEFGHIJ01234567", "device": "auto", "async": "0", "factor": "sms",
+                                   "ipaddr": "203.0.113.5"}),
+        ("POST", "/auth/v2/auth", {"user_id": "DUABCDEFGHIJ01234567", "device": "D1", "async": "0", "factor": "sms"}),
+        ("POST", "/auth/v2/auth", {"user_id": "DUABCDEFGHIJ01234567", "passcode": "123456", "async": "0",
+                                   "factor": "passcode", "hostname": "server1"}),
+    ]
+    recorder.outcome = {"result": "waiting", "status": "pushed"}  # a synchronous call never waits
+    with pytest.raises(DuoUnknownAnswer):
+        client.check_passcode(who, "123456", ipaddr=None, hostname=None)
 
 
 def test_auth_status_uses_the_given_timeout(client, monkeypatch):

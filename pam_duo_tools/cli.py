@@ -6,21 +6,22 @@ import os
 import sys
 from typing import TYPE_CHECKING, Sequence
 
-from . import __version__
-from .paths import DEFAULT_ADMIN_CONFIG
-from .paths import DEFAULT_CONFIG as DEFAULT_PATH
+from pam_duo_py import __version__
+from pam_duo_py.paths import DEFAULT_ADMIN_CONFIG
+from pam_duo_py.paths import DEFAULT_CONFIG as DEFAULT_PATH
 
 if TYPE_CHECKING:
-    from .config import Config, DuoIdentity
-    from .duo import DuoClient
-    from .replies import Preauth
+    from pam_duo_py.config import Config, DuoIdentity
+    from pam_duo_py.duo import DuoClient
+    from pam_duo_py.replies import Preauth
 
 EXIT_OK, EXIT_CONFIG, EXIT_DUO, EXIT_CLOCK = 0, 1, 2, 3
 # Where duo_unix keeps its config: its own default, then Debian's libpam-duo and login-duo.
 DUO_UNIX_PATHS = ("/etc/duo/pam_duo.conf", "/etc/duo/login_duo.conf",
                   "/etc/security/pam_duo.conf", "/etc/security/login_duo.conf")
 SIMULATOR_MISSING = ("pam-duo-py simulate: the Duo simulator is not installed. It is a test and demo tool and "
-                     "is not part of this package; run it from a source checkout: python3 -m pam_duo_py simulate")
+                     "is not part of this package; install it with scripts/install.sh --with-simulator, or run it "
+                     "from a source checkout: python3 -m pam_duo_sim")
 CLOCK_LIMIT = 60.0
 
 
@@ -164,8 +165,8 @@ def _duration(text: str) -> float:
 
 
 def _check(config_path: str, user: str | None, offline: bool = False) -> int:
-    from .config import load_config
-    from .errors import ConfigError, DuoError
+    from pam_duo_py.config import load_config
+    from pam_duo_py.errors import ConfigError, DuoError
 
     try:
         config = load_config(config_path)
@@ -176,8 +177,8 @@ def _check(config_path: str, user: str | None, offline: bool = False) -> int:
         return EXIT_CONFIG
     print(f"Config {config_path}: OK")
     if config.log.audit_file:
-        from . import files
-        from .errors import FileRuleError
+        from pam_duo_py import files
+        from pam_duo_py.errors import FileRuleError
 
         try:
             files.check_directories(config.log.audit_file)
@@ -187,7 +188,7 @@ def _check(config_path: str, user: str | None, offline: bool = False) -> int:
     if offline:
         return EXIT_OK
 
-    from .duo import DuoClient
+    from pam_duo_py.duo import DuoClient
 
     client = DuoClient(config.duo)
     host = config.duo.host + (f":{config.duo.port}" if config.duo.port else "")
@@ -216,10 +217,10 @@ def _check(config_path: str, user: str | None, offline: bool = False) -> int:
 
 def _check_user(config: Config, client: DuoClient, user: str, status: int) -> int:
     """``check --user``: who the login would be for (the login's own rule), and what preauth says."""
-    from .engine import Kind
-    from .errors import DuoError
-    from .hosts import HostProfile
-    from .login import resolve
+    from pam_duo_py.engine import Kind
+    from pam_duo_py.errors import DuoError
+    from pam_duo_py.hosts import HostProfile
+    from pam_duo_py.login import resolve
 
     who = resolve(config.users, user, HostProfile(), os.getuid())
     if who.stop is not None and who.stop.kind is Kind.ERROR:
@@ -241,8 +242,8 @@ def _check_user(config: Config, client: DuoClient, user: str, status: int) -> in
 
 
 def _print_preauth(config: Config, user: str, local: str, identity: DuoIdentity, pre: Preauth) -> None:
-    from .answers import build_menu
-    from .text import for_display
+    from pam_duo_py.answers import build_menu
+    from pam_duo_py.text import for_display
 
     shown = f"Duo user {for_display(str(identity), 100)}"
     pre = pre.replace(status_msg=for_display(pre.status_msg, 300),
@@ -268,9 +269,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["simulate"]:
         try:
-            from .simulator import main as simulate_main
+            from pam_duo_sim.simulator import main as simulate_main
         except ModuleNotFoundError as exc:
-            if exc.name != f"{__package__}.simulator":
+            if exc.name not in ("pam_duo_sim", "pam_duo_sim.simulator"):
                 raise
             print(SIMULATOR_MISSING, file=sys.stderr)
             return EXIT_CONFIG
@@ -294,7 +295,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return admin_main(args)
     if args.command == "broker":
-        from .broker import main as broker_main
+        from pam_duo_py.broker import main as broker_main
 
         return broker_main(args.config, args.socket)
     if args.command == "import-duo-unix":
