@@ -1,7 +1,7 @@
-"""pam_duo_py.duo.DuoClient over real HTTPS against the in-process simulator.
+"""pam_duo_py.duo.DuoClient over real HTTPS (pam_duo_py.transport) against the in-process simulator.
 
-What the Duo client layer promises (docs/behaviour.md §4, §5 and the module docstring of
-pam_duo_py.duo): signatures Duo accepts, the CA always pinned, the environment
+What the Duo client layer promises (docs/behaviour.md §4, §5 and the module docstrings of
+pam_duo_py.duo and pam_duo_py.transport): signatures Duo accepts, the CA always pinned, the environment
 never read, the proxy only from the config, one overall deadline per call
 (connect, TLS and every read included), failover between addresses inside that
 deadline, 429 waits that fit into the deadline, every failure mapped to the
@@ -30,7 +30,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from pam_duo_py import duo as duo_module  # noqa: E402
+from pam_duo_py import transport as transport_module  # noqa: E402
 from pam_duo_py.config import DuoIdentity, DuoSettings, Proxy  # noqa: E402
 from pam_duo_py.duo import DuoClient  # noqa: E402
 from pam_duo_py.errors import (  # noqa: E402
@@ -544,12 +544,12 @@ def test_failover_first_address_dead_patched_resolver(first: str, monkeypatch, l
     real = socket.getaddrinfo
 
     def fake(host, port, *args, **kwargs):
-        if host == "localhost" and port == sim.port:
+        if host in ("localhost", b"localhost") and port == sim.port:
             return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", dead),
                     (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", sim.port))]
         return real(host, port, *args, **kwargs)
 
-    monkeypatch.setattr(duo_module.socket, "getaddrinfo", fake)
+    monkeypatch.setattr(transport_module.socket, "getaddrinfo", fake)
     c = client(timeout=2)
     result, elapsed = timed(lambda: preauth(c, uniq("allow")))
     assert not isinstance(result, BaseException), result
@@ -671,7 +671,7 @@ def test_reconnects_after_server_closed_idle_connection(client, sim: Simulator) 
         except OSError:
             pass
     # Wait (on the socket, not the clock) until the hang-up has reached the client.
-    select.select([c._auth._conn.sock.fileno()], [], [], 5)
+    select.select([c.fileno()], [], [], 5)
     assert c.check_passcode(who(name), "123456", ipaddr=None, hostname=None).result == "allow"
     assert c.connections_opened == 2
 
