@@ -1,6 +1,8 @@
 """One login, front to back: local user, groups, Duo identity, the engine, the log.
 
-Shared by the PAM module and the broker; each supplies its own prompter.
+Shared by the PAM module and the broker; each supplies its own prompter and the
+request's :class:`~pam_duo_py.hosts.HostProfile`. :func:`resolve` (who the login is
+for) also serves ``pam-duo-py check --user`` and the admin commands.
 """
 from __future__ import annotations
 
