@@ -604,6 +604,7 @@ class Broker:
 
     def _request(self, conn: socket.socket, uid: int) -> Any:
         """The login request from the first frame, or None after answering a refusal."""
+        from .hosts import profile
         from .login import LoginRequest
         from .users import lookup_uid
 
@@ -629,7 +630,8 @@ class Broker:
                 return None
             return LoginRequest(
                 user=user, service=_text(message, "service", 64) or "", rhost=_text(message, "rhost", 256),
-                tty=_text(message, "tty", 256), interactive=interactive, command=_text(message, "command", 4096),
+                tty=_text(message, "tty", 256), interactive=interactive,
+                host=profile(_text(message, "service", 64) or "", _text(message, "command", 4096)),
                 caller_uid=_caller_uid(message), password=_text(message, "password"),
                 env_passcode=_text(message, "env_passcode", 64),
                 trusted_address=True,
@@ -641,8 +643,8 @@ class Broker:
             return None
         return LoginRequest(
             user=caller.name, service=WRAPPER_SERVICE, rhost=_text(message, "rhost", 256),
-            tty=_text(message, "tty", 256), interactive=interactive, command=_text(message, "command", 4096),
-            caller_uid=uid, env_passcode=_text(message, "env_passcode", 64), trusted_address=False,
+            tty=_text(message, "tty", 256), interactive=interactive,
+            host=profile(WRAPPER_SERVICE, _text(message, "command", 4096)), caller_uid=uid, env_passcode=_text(message, "env_passcode", 64), trusted_address=False,
         )
 
     def _login(self, conn: socket.socket, uid: int) -> None:

@@ -18,7 +18,6 @@ from .config import AuthSettings, DuoIdentity
 from .errors import ConversationError, DuoError, DuoRefused, DuoTimeout, DuoUnavailable, DuoUnknownAnswer
 from .result import Result
 from .replies import AuthResult, Device, DuoApi, Preauth
-from .hosts import holds_info_messages
 from .text import for_display
 
 TYPE_CHECKING = False
@@ -51,6 +50,7 @@ class Login(Record, hidden=("password", "env_passcode",)):
     tty: str | None = None
     hostname: str | None = None
     command: str | None = None
+    holds_info_messages: bool = False  # the host program shows info messages only with the next prompt (sshd)
     password: str | None = None
     env_passcode: str | None = None
 
@@ -309,7 +309,7 @@ class Engine:
     def _menu_prompt(self, login: Login, menu: Menu) -> str:
         """The menu; under sshd with a line saying that the push (or call) goes out on answering."""
         text = menu.text()
-        if not holds_info_messages(login.service) or not any(o.factor in ("push", "phone") for o in menu.options):
+        if not login.holds_info_messages or not any(o.factor in ("push", "phone") for o in menu.options):
             return text
         head, _, prompt = text.rpartition("\n")
         return f"{head}\n{MSG_SSHD_NOTICE}\n{prompt}"
@@ -341,9 +341,9 @@ class Engine:
 
     def _attempt(self, login: Login, pre: Preauth, choice: Choice) -> _Tried:
         """One factor, started and waited for: Duo's verdict."""
-        where = {"ipaddr": login.ipaddr, "hostname": login.hostname}
         if choice.factor == "passcode":
-            reply = self.duo.check_passcode(login.identity, choice.passcode or "", **where)
+            reply = self.duo.check_passcode(login.identity, choice.passcode or "", ipaddr=login.ipaddr,
+                                            hostname=login.hostname)
             return self._judge("passcode", reply, txid=None, device=None)
 
         assert choice.device is not None
@@ -354,11 +354,12 @@ class Engine:
             if self.settings.verified_push:
                 txid, code = self._verified_push(login, pre)
             self._pushes += 1
-            started = self.duo.start_push(login.identity, choice.device.device, pushinfo=self._pushinfo(login),
-                                          txid=txid, **where)
+            started = self.duo.start_push(login.identity, choice.device.device, ipaddr=login.ipaddr,
+                                          hostname=login.hostname, pushinfo=self._pushinfo(login), txid=txid)
         else:
             assert choice.factor == "phone", choice.factor  # SMS is sent by _send_sms, never as an attempt
-            started = self.duo.start_phone(login.identity, choice.device.device, **where)
+            started = self.duo.start_phone(login.identity, choice.device.device, ipaddr=login.ipaddr,
+                                           hostname=login.hostname)
         shown = _Shown(choice.factor, code or started.verification_code)
         if shown.code:
             self._show_code(shown.code)

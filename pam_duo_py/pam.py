@@ -139,21 +139,21 @@ def _authenticate(pamh: Any, flags: int, argv: list[str]) -> int:
 
     service = _item(pamh, "service") or ""
     silent = bool(flags & PAM_SILENT) if isinstance(flags, int) else False
-    from .hosts import command_for, holds_info_messages
+    from .hosts import command_for, profile
 
+    host = profile(service, command_for(service))
     fields = {
         "user": user,
         "service": service,
         "rhost": _item(pamh, "rhost"),
         "tty": _item(pamh, "tty"),
-        "command": command_for(service),
         "password": _item(pamh, "authtok"),
     }
-    ui = PamPrompter(pamh, silent=silent, holds_info=holds_info_messages(service))
+    ui = PamPrompter(pamh, silent=silent, holds_info=host.holds_info_messages)
     as_root = os.geteuid() == 0
     if as_root and os.path.exists(DEFAULT_SOCKET):
         # The broker checks that it serves this same config file, and refuses otherwise.
-        result = _via_broker(DEFAULT_SOCKET, conf, fields, ui)
+        result = _via_broker(DEFAULT_SOCKET, conf, dict(fields, command=host.command), ui)
         if result is not None:
             return _code(pamh, result)
 
@@ -169,14 +169,14 @@ def _authenticate(pamh: Any, flags: int, argv: list[str]) -> int:
 
     socket_path = config.broker.socket
     if as_root and socket_path != DEFAULT_SOCKET and os.path.exists(socket_path):
-        result = _via_broker(socket_path, conf, fields, ui)
+        result = _via_broker(socket_path, conf, dict(fields, command=host.command), ui)
         if result is not None:
             return _code(pamh, result)
 
     from .events import EventSink
     from .login import LoginRequest, authenticate
 
-    request = LoginRequest(caller_uid=os.getuid(), **fields)
+    request = LoginRequest(caller_uid=os.getuid(), host=host, **fields)
     sink = EventSink(config.log.audit_file, debug=debug)
     outcome = authenticate(config, request, ui, sink=sink)
     return _code(pamh, outcome.result.value)

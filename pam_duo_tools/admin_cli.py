@@ -66,18 +66,19 @@ def _print_problems(title: str, problems: Any) -> None:
 
 
 def _who_is(config: Config, name: str, service: str = SERVICE) -> tuple[str, DuoIdentity, bool]:
-    """(local user, Duo identity, exempt) for a local user, by the login path's rule."""
-    try:
-        local = users_mod.lookup(name)
-        if local is None:
-            raise _error(f"no such local user: {for_display(name, 100)!r}")
-        person = users_mod.second_factor_user(service, local, local.uid) or local
-        identity = users_mod.duo_identity_for(config.users, person)
-    except UserLookupError as exc:
-        raise _error(str(exc)) from None
-    if identity is None:
-        return person.name, config.users.duo_identity(person.name), True
-    return person.name, identity, False
+    """(local user, Duo identity, exempt) for a local user, by the login path's own rule."""
+    from pam_duo_py.engine import Kind
+    from pam_duo_py.hosts import profile
+    from pam_duo_py.login import resolve
+
+    who = resolve(config.users, name, profile(service), caller_uid=0)  # as root: the target does Duo
+    if who.stop is not None and who.stop.kind is Kind.ERROR:
+        raise _error(who.stop.reason)
+    if who.person is None:
+        raise _error(f"no such local user: {for_display(name, 100)!r}")
+    if who.identity is None:
+        return who.person.name, config.users.duo_identity(who.person.name), True
+    return who.person.name, who.identity, False
 
 
 def _when(stamp: Any) -> str | None:
@@ -243,13 +244,16 @@ def local_users_needing_duo(config: Config, service: str) -> list[tuple[str, Duo
     """Every local account with a login shell that would have to do Duo, with its Duo identity."""
     import pwd
 
+    from pam_duo_py.hosts import profile
+
+    host = profile(service)
     rows = []
     seen = set()
     for entry in sorted(pwd.getpwall(), key=lambda e: (e.pw_uid, e.pw_name)):
         if entry.pw_name in seen or entry.pw_shell.strip() in NO_LOGIN_SHELLS:
             continue
         seen.add(entry.pw_name)
-        if service in ("su", "su-l") and entry.pw_uid == 0:
+        if entry.pw_uid == 0 and host.caller_does_duo:
             continue  # su to root: the calling user does Duo, as themselves
         person = users_mod.LocalUser(entry.pw_name, entry.pw_uid, entry.pw_gid, entry.pw_dir, entry.pw_shell)
         identity = users_mod.duo_identity_for(config.users, person)

@@ -4,11 +4,16 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from pam_duo_py import __version__
 from pam_duo_py.paths import DEFAULT_ADMIN_CONFIG
 from pam_duo_py.paths import DEFAULT_CONFIG as DEFAULT_PATH
+
+if TYPE_CHECKING:
+    from pam_duo_py.config import Config, DuoIdentity
+    from pam_duo_py.duo import DuoClient
+    from pam_duo_py.replies import Preauth
 
 EXIT_OK, EXIT_CONFIG, EXIT_DUO, EXIT_CLOCK = 0, 1, 2, 3
 # Where duo_unix keeps its config: its own default, then Debian's libpam-duo and login-duo.
@@ -205,53 +210,59 @@ def _check(config_path: str, user: str | None, offline: bool = False) -> int:
         print(f"Clock: offset from Duo {round(offset):+d} s (OK; the Date header has 1 s resolution)")
 
     if user:
-        from pam_duo_py import users as users_mod
-        from pam_duo_py.answers import build_menu
-        from pam_duo_py.errors import UserLookupError
-
-        local = users_mod.lookup(user)
-        if local is None:
-            print(f"User {user}: no such local user", file=sys.stderr)
-            return EXIT_CONFIG
-        try:
-            identity = users_mod.duo_identity_for(config.users, local)
-        except UserLookupError as exc:
-            print(f"User {user}: logins are refused (PAM_SERVICE_ERR): {exc}", file=sys.stderr)
-            client.close()
-            return EXIT_CONFIG
-        if identity is None:
-            print(f"User {user}: exempt (not in users.groups); Duo is not asked")
-            client.close()
-            return status
-        try:
-            pre = client.preauth(identity, ipaddr=None, hostname=None, verified_push=config.auth.verified_push)
-        except DuoError as exc:
-            print(f"User {user}: preauth FAILED: {exc}", file=sys.stderr)
-            return EXIT_DUO
-        finally:
-            client.close()
-        from pam_duo_py.text import for_display
-
-        shown = f"Duo user {for_display(str(identity), 100)}"
-        pre = pre.replace(status_msg=for_display(pre.status_msg, 300),
-                          enroll_portal_url=for_display(pre.enroll_portal_url or "", 500))
-        if pre.result == "allow":
-            print(f"User {user} ({shown}): allowed without a second factor ({pre.status_msg})")
-        elif pre.result == "deny":
-            print(f"User {user} ({shown}): denied: {pre.status_msg}")
-        elif pre.result == "enroll":
-            print(f"User {user} ({shown}): must enroll first: {pre.enroll_portal_url}")
-        else:
-            print(f"User {user} ({shown}): second factor required; the menu would offer:")
-            menu = build_menu(local.name, pre.devices)
-            for number, option in enumerate(menu.options, start=1):
-                print(f"  {number}. {option.label}")
-            print("  or a passcode")
-            default = menu.default()
-            mode = "autopush" if config.auth.autopush else "menu"
-            print(f"  mode: {mode}; non-interactive logins push to: {default.label if default else 'nothing (no push device)'}")
+        status = _check_user(config, client, user, status)
     client.close()
     return status
+
+
+def _check_user(config: Config, client: DuoClient, user: str, status: int) -> int:
+    """``check --user``: who the login would be for (the login's own rule), and what preauth says."""
+    from pam_duo_py.engine import Kind
+    from pam_duo_py.errors import DuoError
+    from pam_duo_py.hosts import HostProfile
+    from pam_duo_py.login import resolve
+
+    who = resolve(config.users, user, HostProfile(), os.getuid())
+    if who.stop is not None and who.stop.kind is Kind.ERROR:
+        print(f"User {user}: logins are refused (PAM_SERVICE_ERR): {who.stop.reason}", file=sys.stderr)
+        return EXIT_CONFIG
+    if who.person is None:
+        print(f"User {user}: no such local user", file=sys.stderr)
+        return EXIT_CONFIG
+    if who.identity is None:
+        print(f"User {user}: exempt (not in users.groups); Duo is not asked")
+        return status
+    try:
+        pre = client.preauth(who.identity, ipaddr=None, hostname=None, verified_push=config.auth.verified_push)
+    except DuoError as exc:
+        print(f"User {user}: preauth FAILED: {exc}", file=sys.stderr)
+        return EXIT_DUO
+    _print_preauth(config, user, who.person.name, who.identity, pre)
+    return status
+
+
+def _print_preauth(config: Config, user: str, local: str, identity: DuoIdentity, pre: Preauth) -> None:
+    from pam_duo_py.answers import build_menu
+    from pam_duo_py.text import for_display
+
+    shown = f"Duo user {for_display(str(identity), 100)}"
+    pre = pre.replace(status_msg=for_display(pre.status_msg, 300),
+                      enroll_portal_url=for_display(pre.enroll_portal_url or "", 500))
+    if pre.result == "allow":
+        print(f"User {user} ({shown}): allowed without a second factor ({pre.status_msg})")
+    elif pre.result == "deny":
+        print(f"User {user} ({shown}): denied: {pre.status_msg}")
+    elif pre.result == "enroll":
+        print(f"User {user} ({shown}): must enroll first: {pre.enroll_portal_url}")
+    else:
+        print(f"User {user} ({shown}): second factor required; the menu would offer:")
+        menu = build_menu(local, pre.devices)
+        for number, option in enumerate(menu.options, start=1):
+            print(f"  {number}. {option.label}")
+        print("  or a passcode")
+        default = menu.default()
+        mode = "autopush" if config.auth.autopush else "menu"
+        print(f"  mode: {mode}; non-interactive logins push to: {default.label if default else 'nothing (no push device)'}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -397,6 +397,14 @@ def test_signing_does_not_import_what_only_duo_clients_unused_paths_need():
     assert real == "True"  # the real modules, imported on first use
 
 
+def test_the_engine_imports_neither_the_duo_client_nor_ssl():
+    out = in_a_fresh_interpreter(
+        "import pam_duo_py.engine\n"
+        "print(sorted(m for m in ('ssl', '_ssl', 'socket', 'http.client', 'urllib.parse', 'pam_duo_py.duo',\n"
+        "                         'pam_duo_py.transport') if m in sys.modules))\n")
+    assert out == "[]"
+
+
 def test_the_login_path_does_not_import_what_only_duo_clients_unused_paths_need():
     out = in_a_fresh_interpreter(
         "from pam_duo_py import duo, login, pam\n"
