@@ -6,7 +6,6 @@ for) also serves ``pam-duo-py check --user`` and the admin commands.
 """
 from __future__ import annotations
 
-import ipaddress
 import socket
 from typing import Callable
 
@@ -39,6 +38,8 @@ def ip_literal(rhost: str | None) -> str | None:
     """PAM_RHOST as an IP address, or None (host names are never sent to Duo as an address)."""
     if not rhost:
         return None
+    import ipaddress  # here: local logins (su, sudo) have no PAM_RHOST and skip the import
+
     candidate = rhost.strip()
     if candidate.startswith("[") and candidate.endswith("]"):
         candidate = candidate[1:-1]
