@@ -283,7 +283,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return admin_main(args)
     if args.command == "broker":
-        from .broker import main as broker_main
+        from .broker_server import main as broker_main
 
         return broker_main(args.config, args.socket)
     if args.command == "import-duo-unix":

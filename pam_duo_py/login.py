@@ -1,19 +1,22 @@
 """One login, front to back: local user, groups, Duo identity, the engine, the log.
 
 Shared by the PAM module and the broker; each supplies its own prompter.
+:class:`LoginRequest` is also what the PAM module hands to the broker, so this
+module imports the engine, the config and the Duo client only when a login is
+decided here (:class:`InProcess`, :func:`authenticate`).
 """
 from __future__ import annotations
 
-import ipaddress
-import socket
-from typing import Callable
-
 from .record import Record
-from . import users
-from .config import Config, DuoSettings
-from .engine import Engine, Login, Outcome, Prompter, Result
-from .errors import UserLookupError
-from .events import CLAIMED, EventSink, event
+from .result import Result
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # annotations only: a login through the broker never imports these
+    from typing import Callable
+
+    from .config import Config, DuoSettings
+    from .engine import Outcome, Prompter
+    from .events import EventSink
 
 
 class LoginRequest(Record, hidden=("password", "env_passcode",)):
@@ -33,6 +36,8 @@ class LoginRequest(Record, hidden=("password", "env_passcode",)):
 
 def ip_literal(rhost: str | None) -> str | None:
     """PAM_RHOST as an IP address, or None (host names are never sent to Duo as an address)."""
+    import ipaddress
+
     if not rhost:
         return None
     candidate = rhost.strip()
@@ -53,6 +58,11 @@ def _default_duo(settings: DuoSettings):  # type: ignore[no-untyped-def]
 def authenticate(config: Config, request: LoginRequest, ui: Prompter, *, sink: EventSink,
                  duo_factory: Callable = _default_duo, hostname: str | None = None) -> Outcome:
     """Decide one login and log the decision. Never raises for expected failures."""
+    from . import users
+    from .engine import Engine, Login, Outcome
+    from .errors import UserLookupError
+    from .events import CLAIMED, event
+
     shown_rhost = request.rhost if request.trusted_address or not request.rhost else request.rhost + CLAIMED
     base = {"user": request.user, "service": request.service, "rhost": shown_rhost, "tty": request.tty}
     try:
@@ -84,7 +94,7 @@ def authenticate(config: Config, request: LoginRequest, ui: Prompter, *, sink: E
         rhost=shown_rhost,
         ipaddr=ip_literal(request.rhost) if request.trusted_address else None,
         tty=request.tty,
-        hostname=hostname or socket.gethostname(),
+        hostname=hostname or _hostname(),
         command=request.command,
         password=request.password,
         env_passcode=request.env_passcode,
@@ -108,6 +118,48 @@ def authenticate(config: Config, request: LoginRequest, ui: Prompter, *, sink: E
     sink.emit(event(outcome.outcome, duo_user=str(identity), factor=outcome.factor, txid=outcome.txid,
                     reason=outcome.reason, duo_status=outcome.duo_status, **facts, **base))
     return outcome
+
+
+def _hostname() -> str:
+    import socket
+
+    return socket.gethostname()
+
+
+class InProcess:
+    """The login decided in this process, with the config at ``config_path`` (loaded once, when first needed)."""
+
+    def __init__(self, config_path: str, *, debug: bool = False) -> None:
+        self.config_path = config_path
+        self.debug = debug
+        self._config: Config | None = None
+        self._loaded = False
+
+    def config(self) -> Config | None:
+        """The config; None when it does not load (each problem is logged, once)."""
+        if not self._loaded:
+            self._loaded = True
+            from .config import load_config
+            from .errors import ConfigError
+
+            try:
+                self._config = load_config(self.config_path)
+            except ConfigError as exc:
+                from .logline import LOG_ERR, send_syslog
+                from .text import for_log
+
+                for problem in exc.problems:
+                    send_syslog(LOG_ERR, "configuration error: " + for_log(problem, 1000))
+        return self._config
+
+    def authenticate(self, request: LoginRequest, ui: Prompter) -> Result:
+        config = self.config()
+        if config is None:
+            return Result.SERVICE_ERR
+        from .events import EventSink
+
+        sink = EventSink(config.log.audit_file, debug=self.debug)
+        return authenticate(config, request, ui, sink=sink).result
 
 
 def _duo_facts(duo: object) -> dict:
