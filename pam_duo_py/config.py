@@ -223,16 +223,8 @@ def parse_map_file(text: str, path: str) -> tuple[tuple[tuple[str, DuoIdentity],
     return tuple(mapping), problems
 
 
-def _parse_duo(problems: _Problems, raw: dict[str, Any], read: Callable[[str, bool], bytes]) -> DuoSettings | None:
-    table = _typed(problems, raw, "duo")
-    ikey = table.get("ikey")
-    if ikey is None:
-        problems.add("duo.ikey", "required key is missing")
-    elif not _IKEY.fullmatch(ikey):
-        problems.add("duo.ikey", "must be 'DI' followed by 18 capital letters or digits")
-    elif ikey == "DIXXXXXXXXXXXXXXXXXX":
-        problems.add("duo.ikey", "is still the example value; set the integration key from the Duo Admin Panel")
-
+def _parse_skey(problems: _Problems, table: dict[str, Any], read: Callable[[str, bool], bytes]) -> str | None:
+    """``duo.skey``, or the contents of ``duo.skey_file`` (read under the file rule, as a secret)."""
     skey = table.get("skey")
     skey_file = table.get("skey_file")
     if skey is not None and skey_file is not None:
@@ -252,22 +244,38 @@ def _parse_duo(problems: _Problems, raw: dict[str, Any], read: Callable[[str, bo
     if skey is not None and not _SKEY.fullmatch(skey):
         problems.add("duo.skey_file" if skey_file else "duo.skey", "must be 40 letters or digits")
         skey = None
+    return skey
 
-    host_value = table.get("host")
-    host = port = None
+
+def _parse_host(problems: _Problems, host_value: str | None) -> tuple[str | None, int | None]:
+    """``duo.host`` as (lower-case host name, port or None)."""
     if host_value is None:
         problems.add("duo.host", "required key is missing")
+        return None, None
+    name, sep, port_text = host_value.rpartition(":")
+    if not sep:
+        name, port_text = host_value, ""
+    if not _HOSTNAME.fullmatch(name):  # fullmatch: '$' alone would let a trailing newline through
+        problems.add("duo.host", f"not a valid host name: {host_value!r}")
+    elif port_text and (not (port_text.isascii() and port_text.isdigit()) or not 0 < int(port_text) < 65536):
+        problems.add("duo.host", f"not a valid port: {port_text!r}")
     else:
-        name, sep, port_text = host_value.rpartition(":")
-        if not sep:
-            name, port_text = host_value, ""
-        if not _HOSTNAME.fullmatch(name):  # fullmatch: '$' alone would let a trailing newline through
-            problems.add("duo.host", f"not a valid host name: {host_value!r}")
-        elif port_text and (not (port_text.isascii() and port_text.isdigit()) or not 0 < int(port_text) < 65536):
-            problems.add("duo.host", f"not a valid port: {port_text!r}")
-        else:
-            host = name.lower()
-            port = int(port_text) if port_text else None
+        return name.lower(), int(port_text) if port_text else None
+    return None, None
+
+
+def _parse_duo(problems: _Problems, raw: dict[str, Any], read: Callable[[str, bool], bytes]) -> DuoSettings | None:
+    table = _typed(problems, raw, "duo")
+    ikey = table.get("ikey")
+    if ikey is None:
+        problems.add("duo.ikey", "required key is missing")
+    elif not _IKEY.fullmatch(ikey):
+        problems.add("duo.ikey", "must be 'DI' followed by 18 capital letters or digits")
+    elif ikey == "DIXXXXXXXXXXXXXXXXXX":
+        problems.add("duo.ikey", "is still the example value; set the integration key from the Duo Admin Panel")
+
+    skey = _parse_skey(problems, table, read)
+    host, port = _parse_host(problems, table.get("host"))
 
     ca_file = None
     if "ca_file" in table:

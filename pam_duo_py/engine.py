@@ -6,13 +6,14 @@ every branch is tested with fakes.
 """
 from __future__ import annotations
 
+import enum
 import re
 import time
 import urllib.parse
 from typing import Callable, Protocol
 
 from .record import Record
-from .answers import Choice, Menu, Refusal, build_menu, parse_answer
+from .answers import Choice, Menu, Option, Refusal, build_menu, parse_answer
 from .config import AuthSettings, DuoIdentity
 from .duo import DuoApi
 from .errors import ConversationError, DuoError, DuoRefused, DuoTimeout, DuoUnavailable, DuoUnknownAnswer
@@ -55,9 +56,22 @@ class Login(Record, hidden=("password", "env_passcode",)):
     env_passcode: str | None = None
 
 
-class Outcome(Record, frozen=False):
+class Kind(enum.Enum):
+    """What happened to a login, as the events, the audit file and the metrics name it."""
+
+    SUCCESS = "success"
+    FAILURE = "failure"
+    FAILSAFE = "failsafe"  # let in without a second factor: Duo unreachable and failmode = safe
+    EXEMPT = "exempt"  # not in users.groups: Duo is not asked
+    PREAUTH_ALLOW = "preauth_allow"  # Duo let the user in without a second factor
+    ERROR = "error"
+
+
+class Outcome(Record):
+    """How one login ended: the PAM result, what happened, and the facts the log records."""
+
     result: Result
-    outcome: str  # success | failure | failsafe | exempt | preauth_allow | error
+    kind: Kind
     reason: str = ""
     factor: str | None = None
     txid: str | None = None
@@ -96,11 +110,53 @@ class _Shown:
         self.hinted = False
 
 
+class _Tried(Record):
+    """One factor's verdict inside the engine: the outcome, and whether it ends the login.
+
+    ``final`` is True for a success and for refusals that must not be retried (fraud, a
+    denied push, locked out, an unknown result); otherwise the user may try again.
+    """
+
+    outcome: Outcome
+    final: bool
+
+
 class _Stop(Exception):
     """Ends the factor loop with a final outcome."""
 
     def __init__(self, outcome: Outcome) -> None:
         self.outcome = outcome
+
+
+def _only_option(menu: Menu, pre: Preauth) -> Option | None:
+    """The one thing to do when there is nothing to choose: one method (not SMS) and no way to type a passcode."""
+    if len(menu.options) != 1 or any("mobile_otp" in d.capabilities or d.type == "token" for d in pre.devices):
+        return None
+    only = menu.options[0]
+    return None if only.factor == "sms" else only
+
+
+def _preauth_failed(exc: DuoError, failmode: str) -> tuple[Outcome, bool]:
+    """The outcome of a preauth that raised, and whether to tell the user Duo is unavailable."""
+    if isinstance(exc, DuoUnavailable):
+        if failmode == "safe":
+            return Outcome(Result.SUCCESS, Kind.FAILSAFE, f"Duo unreachable at preauth: {exc}"), False
+        return Outcome(Result.AUTHINFO_UNAVAIL, Kind.FAILURE, f"Failsecure: Duo unreachable at preauth: {exc}"), True
+    if isinstance(exc, DuoUnknownAnswer):
+        reason = f"Duo answered preauth with {exc}"
+    elif isinstance(exc, DuoRefused):
+        reason = f"Duo refused preauth: {exc}"
+    else:  # any other Duo failure at preauth: closed, whatever failmode says
+        reason = f"Duo error at preauth: {exc}"
+    return Outcome(Result.AUTHINFO_UNAVAIL, Kind.ERROR, reason), True
+
+
+def _used_up(last: Outcome | None) -> Outcome:
+    """Every attempt was used without success."""
+    reason = "attempts used up" + (f" (last: {last.reason})" if last else "")
+    if last is None:
+        return Outcome(Result.MAXTRIES, Kind.FAILURE, reason)
+    return Outcome(Result.MAXTRIES, Kind.FAILURE, reason, factor=last.factor, txid=last.txid, device=last.device)
 
 
 class Engine:
@@ -122,39 +178,33 @@ class Engine:
         try:
             pre = self.duo.preauth(login.identity, ipaddr=login.ipaddr, hostname=login.hostname,
                                    verified_push=self.settings.verified_push)
-        except DuoUnavailable as exc:
-            if self.settings.failmode == "safe":
-                return Outcome(Result.SUCCESS, "failsafe", f"Duo unreachable at preauth: {exc}")
-            self.ui.alert(MSG_UNAVAILABLE)
-            return Outcome(Result.AUTHINFO_UNAVAIL, "failure", f"Failsecure: Duo unreachable at preauth: {exc}")
-        except DuoUnknownAnswer as exc:
-            self.ui.alert(MSG_UNAVAILABLE)
-            return Outcome(Result.AUTHINFO_UNAVAIL, "error", f"Duo answered preauth with {exc}")
-        except DuoRefused as exc:
-            self.ui.alert(MSG_UNAVAILABLE)
-            return Outcome(Result.AUTHINFO_UNAVAIL, "error", f"Duo refused preauth: {exc}")
-        except DuoError as exc:  # any other Duo failure at preauth: closed, whatever failmode says
-            self.ui.alert(MSG_UNAVAILABLE)
-            return Outcome(Result.AUTHINFO_UNAVAIL, "error", f"Duo error at preauth: {exc}")
-
-        if pre.result == "allow":
-            return Outcome(Result.SUCCESS, "preauth_allow", pre.status_msg)
-        if pre.result == "deny":
-            if self.remember:
-                self.remember.forget_user(login.user)
-            self.ui.alert(for_display(pre.status_msg) or "Login denied by Duo.")
-            return Outcome(Result.AUTH_ERR, "failure", f"denied at preauth: {pre.status_msg}", duo_status="deny")
-        if pre.result == "enroll":
-            url = for_display(pre.enroll_portal_url or "", limit=500).replace("\n", " ").strip()
-            self.ui.alert(f"{MSG_ENROLL} Enroll at: {url}" if url else f"{MSG_ENROLL} Contact your administrator.")
-            return Outcome(Result.AUTH_ERR, "failure", "enrollment required", duo_status="enroll")
+        except DuoError as exc:
+            outcome, unavailable = _preauth_failed(exc, self.settings.failmode)
+            if unavailable:
+                self.ui.alert(MSG_UNAVAILABLE)
+            return outcome
+        if pre.result in ("allow", "deny", "enroll"):
+            return self._decided_at_preauth(login, pre)
         self._pushes = 0
         try:
             return self._second_factor(login, pre)
         except _Stop as stop:
             return stop.outcome
         except DuoError as exc:
-            return Outcome(Result.AUTH_ERR, "failure", f"Duo error after preauth: {exc}")
+            return Outcome(Result.AUTH_ERR, Kind.FAILURE, f"Duo error after preauth: {exc}")
+
+    def _decided_at_preauth(self, login: Login, pre: Preauth) -> Outcome:
+        """Preauth answered allow, deny or enroll: no second factor."""
+        if pre.result == "allow":
+            return Outcome(Result.SUCCESS, Kind.PREAUTH_ALLOW, pre.status_msg)
+        if pre.result == "deny":
+            if self.remember:
+                self.remember.forget_user(login.user)
+            self.ui.alert(for_display(pre.status_msg) or "Login denied by Duo.")
+            return Outcome(Result.AUTH_ERR, Kind.FAILURE, f"denied at preauth: {pre.status_msg}", duo_status="deny")
+        url = for_display(pre.enroll_portal_url or "", limit=500).replace("\n", " ").strip()
+        self.ui.alert(f"{MSG_ENROLL} Enroll at: {url}" if url else f"{MSG_ENROLL} Contact your administrator.")
+        return Outcome(Result.AUTH_ERR, Kind.FAILURE, "enrollment required", duo_status="enroll")
 
     # -- the second factor ------------------------------------------------------------------
 
@@ -164,7 +214,7 @@ class Engine:
         left = self.remember.remaining(key) if self.remember and key else None
         if left:
             self.ui.show(MSG_SUCCESS)
-            return Outcome(Result.SUCCESS, "success", f"remembered login, factor skipped ({left:.0f} s left)",
+            return Outcome(Result.SUCCESS, Kind.SUCCESS, f"remembered login, factor skipped ({left:.0f} s left)",
                            factor="remembered")
         outcome = self._factor(login, self._ordered(login, pre))
         if outcome.result is Result.SUCCESS:
@@ -192,68 +242,70 @@ class Engine:
         return pre.replace(devices=tuple(ordered))
 
     def _factor(self, login: Login, pre: Preauth) -> Outcome:
+        """The mode: a passcode from the environment, autopush, the only option, or the menu."""
         menu = build_menu(login.user, pre.devices)
         if login.env_passcode is not None and self.settings.accept_env_factor:
-            choice = parse_answer(login.env_passcode, menu, login.password)
-            if not isinstance(choice, Choice) or choice.factor != "passcode":
-                return Outcome(Result.AUTH_ERR, "failure", "DUO_PASSCODE is not a valid passcode", factor="passcode")
-            return self._finish(self._attempt(login, pre, choice), final=True)
-
+            return self._env_passcode(login, pre, menu, login.env_passcode)
         if self.settings.autopush or not login.interactive:
             option = menu.default()
             if option is not None:
-                return self._finish(self._attempt(login, pre, Choice(option.factor, option.device)), final=True)
+                return self._finish(self._attempt(login, pre, Choice(option.factor, option.device)))
             if not login.interactive:
-                return Outcome(Result.AUTH_ERR, "failure", "no push-capable device for a non-interactive login")
+                return Outcome(Result.AUTH_ERR, Kind.FAILURE, "no push-capable device for a non-interactive login")
+        only = _only_option(menu, pre)
+        if only is not None:
+            return self._single_option(login, pre, only)
+        return self._menu(login, pre, menu)
 
-        if len(menu.options) == 1 and not any("mobile_otp" in d.capabilities or d.type == "token" for d in pre.devices):
-            # One device with one method and no way to type a passcode: nothing to choose, so no menu.
-            only = menu.options[0]
-            if only.factor != "sms":
-                last = None
-                for _ in range(self.settings.prompts):
-                    last = self._attempt(login, pre, Choice(only.factor, only.device))
-                    if last.result is Result.SUCCESS or last.outcome == "final":
-                        return self._finish(last, final=True)
-                self.ui.show(MSG_TOO_MANY)
-                return Outcome(Result.MAXTRIES, "failure", f"attempts used up (last: {last.reason})",
-                               factor=last.factor, txid=last.txid, device=last.device)
+    def _env_passcode(self, login: Login, pre: Preauth, menu: Menu, passcode: str) -> Outcome:
+        """``DUO_PASSCODE`` from the environment: one try, no prompt."""
+        choice = parse_answer(passcode, menu, login.password)
+        if not isinstance(choice, Choice) or choice.factor != "passcode":
+            return Outcome(Result.AUTH_ERR, Kind.FAILURE, "DUO_PASSCODE is not a valid passcode", factor="passcode")
+        return self._finish(self._attempt(login, pre, choice))
 
-        attempts = 0
-        sms_sent = 0
+    def _single_option(self, login: Login, pre: Preauth, only: Option) -> Outcome:
+        """One device with one method: start it without a menu, up to ``prompts`` times."""
+        last = None
+        for _ in range(self.settings.prompts):
+            tried = self._attempt(login, pre, Choice(only.factor, only.device))
+            if tried.final:
+                return self._finish(tried)
+            last = tried.outcome
+        self.ui.show(MSG_TOO_MANY)
+        return _used_up(last)
+
+    def _menu(self, login: Login, pre: Preauth, menu: Menu) -> Outcome:
+        """The menu, up to ``prompts`` attempts (sending SMS passcodes is not an attempt)."""
+        attempts = self._sms_sent = 0
         last: Outcome | None = None
         while attempts < self.settings.prompts:
             try:
                 answer = self.ui.ask(self._menu_prompt(login, menu))
             except ConversationError:
-                return Outcome(Result.CONV_ERR, "failure", "conversation ended at the prompt")
-            choice = parse_answer(answer, menu, login.password)
-            if isinstance(choice, Choice) and choice.factor == "sms":
-                if sms_sent < self.settings.prompts:
-                    sms_sent += 1
-                    answered = self._send_sms(login, choice.device)
-                    if answered is None:
-                        continue
-                    attempts += 1
-                    last = answered
-                    if last.result is Result.SUCCESS or last.outcome == "final":
-                        return self._finish(last, final=True)
-                    continue
-                # SMS is sent synchronously only; past the cap it is refused, not started as an async auth.
-                choice = Refusal("No more SMS passcodes can be sent now: enter a passcode you received.")
-            if isinstance(choice, Refusal):
-                attempts += 1
-                self.ui.show(choice.message)
-                last = Outcome(Result.MAXTRIES, "failure", "answer refused locally")
+                return Outcome(Result.CONV_ERR, Kind.FAILURE, "conversation ended at the prompt")
+            tried = self._answer(login, pre, parse_answer(answer, menu, login.password))
+            if tried is None:
                 continue
             attempts += 1
-            last = self._attempt(login, pre, choice)
-            if last.result is Result.SUCCESS or last.outcome == "final":
-                return self._finish(last, final=True)
+            if tried.final:
+                return self._finish(tried)
+            last = tried.outcome
         self.ui.show(MSG_TOO_MANY)
-        reason = "attempts used up" + (f" (last: {last.reason})" if last else "")
-        return Outcome(Result.MAXTRIES, "failure", reason, factor=last.factor if last else None,
-                       txid=last.txid if last else None)
+        return _used_up(last)
+
+    def _answer(self, login: Login, pre: Preauth, choice: Choice | Refusal) -> _Tried | None:
+        """One answer to the menu; None when it was not an attempt (SMS passcodes sent)."""
+        if isinstance(choice, Choice) and choice.factor == "sms":
+            if self._sms_sent < self.settings.prompts:
+                self._sms_sent += 1
+                return self._send_sms(login, choice.device)
+            # SMS is sent synchronously only; past the cap it is refused, not started as an async auth.
+            choice = Refusal("No more SMS passcodes can be sent now: enter a passcode you received.")
+        if isinstance(choice, Refusal):
+            self.ui.show(choice.message)
+            return _Tried(Outcome(Result.MAXTRIES, Kind.FAILURE, "answer refused locally"), final=False)
+        return self._attempt(login, pre, choice)
 
     def _menu_prompt(self, login: Login, menu: Menu) -> str:
         """The menu; under sshd with a line saying that the push (or call) goes out on answering."""
@@ -263,14 +315,10 @@ class Engine:
         head, _, prompt = text.rpartition("\n")
         return f"{head}\n{MSG_SSHD_NOTICE}\n{prompt}"
 
-    def _finish(self, outcome: Outcome, *, final: bool) -> Outcome:
-        if outcome.result is Result.SUCCESS:
+    def _finish(self, tried: _Tried) -> Outcome:
+        if tried.outcome.result is Result.SUCCESS:
             self.ui.show(MSG_SUCCESS)
-            outcome.outcome = "success"
-        elif outcome.outcome in ("retry", "final"):
-            outcome.result = Result.AUTH_ERR
-            outcome.outcome = "failure"
-        return outcome
+        return tried.outcome
 
     def _pushinfo(self, login: Login) -> str | None:
         if not self.settings.pushinfo:
@@ -290,7 +338,7 @@ class Engine:
             params["hostname"] = login.hostname
         return params
 
-    def _send_sms(self, login: Login, device: Device | None) -> Outcome | None:
+    def _send_sms(self, login: Login, device: Device | None) -> _Tried | None:
         """Ask Duo for SMS passcodes: None when sent (not an attempt), else Duo's verdict."""
         params = self._common_params(login)
         params.update({"device": device.device if device else "auto", "async": "0"})
@@ -300,8 +348,8 @@ class Engine:
             return None
         return self._judge("sms", reply, txid=None, device=device.device if device else None)
 
-    def _attempt(self, login: Login, pre: Preauth, choice: Choice) -> Outcome:
-        """One factor. Returns SUCCESS, or an outcome marked ``retry`` (may prompt again) or ``final``."""
+    def _attempt(self, login: Login, pre: Preauth, choice: Choice) -> _Tried:
+        """One factor, started and waited for: Duo's verdict."""
         params = self._common_params(login)
         if choice.factor == "passcode":
             params.update({"passcode": choice.passcode or "", "async": "0"})
@@ -337,7 +385,7 @@ class Engine:
             return pre.txid, pre.verification_code
         fresh = self.duo.preauth(login.identity, ipaddr=login.ipaddr, hostname=login.hostname, verified_push=True)
         if fresh.result != "auth":
-            raise _Stop(Outcome(Result.AUTH_ERR, "failure", f"preauth before another push answered {fresh.result}",
+            raise _Stop(Outcome(Result.AUTH_ERR, Kind.FAILURE, f"preauth before another push answered {fresh.result}",
                                 factor="push", duo_status=fresh.result))
         return fresh.txid, fresh.verification_code
 
@@ -365,41 +413,46 @@ class Engine:
             shown.hinted = True
             self.ui.show(MSG_PUSH_FAILED)
 
-    def _judge(self, factor: str, reply: AuthResult, *, txid: str | None, device: str | None) -> Outcome:
+    def _judge(self, factor: str, reply: AuthResult, *, txid: str | None, device: str | None) -> _Tried:
         """Duo's verdict on one factor, from ``result`` and ``status`` together."""
         status = reply.status or reply.result
-        base = dict(factor=factor, txid=txid, duo_status=status, device=device)
-        message = for_display(reply.status_msg, limit=STATUS_LINE_LIMIT)
+        facts = dict(factor=factor, txid=txid, duo_status=status, device=device)
         if reply.result == "allow":
             if status == "bypass":
-                base["factor"] = "bypass"
-                return Outcome(Result.SUCCESS, "success", "Duo bypass: the user is in bypass mode", **base)
-            return Outcome(Result.SUCCESS, "success",
-                           "passcode accepted" if factor == "passcode" else f"{factor} approved", **base)
+                facts["factor"] = "bypass"
+                reason = "Duo bypass: the user is in bypass mode"
+            else:
+                reason = "passcode accepted" if factor == "passcode" else f"{factor} approved"
+            return _Tried(Outcome(Result.SUCCESS, Kind.SUCCESS, reason, **facts), final=True)
         if reply.result == "waiting":  # our own push_timeout passed
-            base["duo_status"] = None
+            facts["duo_status"] = None
             self.ui.show(MSG_TIMED_OUT)
-            return Outcome(Result.AUTH_ERR, "retry", f"{factor} not answered in time (push_timeout)", **base)
-        if reply.result != "deny":
-            return Outcome(Result.AUTH_ERR, "final", f"unknown Duo result {reply.result[:40]!r}", **base)
+            reason, final = f"{factor} not answered in time (push_timeout)", False
+        elif reply.result != "deny":
+            reason, final = f"unknown Duo result {reply.result[:40]!r}", True
+        else:
+            reason, final = self._denied(factor, status, for_display(reply.status_msg, limit=STATUS_LINE_LIMIT))
+        return _Tried(Outcome(Result.AUTH_ERR, Kind.FAILURE, reason, **facts), final=final)
+
+    def _denied(self, factor: str, status: str, message: str) -> tuple[str, bool]:
+        """Tell the user why Duo said ``deny``; the reason for the log, and whether the login ends here."""
         if status == "fraud":
             self.ui.alert(MSG_FRAUD)
-            return Outcome(Result.AUTH_ERR, "final", f"{factor} reported as fraud", **base)
+            return f"{factor} reported as fraud", True
         if status == "locked_out":
             self.ui.alert(message or MSG_LOCKED_OUT)
-            return Outcome(Result.AUTH_ERR, "final", "locked out by Duo (status locked_out)", **base)
+            return "locked out by Duo (status locked_out)", True
         if status == "timeout":
             self.ui.show(MSG_TIMED_OUT)
-            return Outcome(Result.AUTH_ERR, "retry", f"{factor} timed out: nobody answered (Duo status timeout)",
-                           **base)
+            return f"{factor} timed out: nobody answered (Duo status timeout)", False
         if status == "deny" and factor == "push":
             self.ui.alert(message or MSG_DENIED)
-            return Outcome(Result.AUTH_ERR, "final", "push denied by the user", **base)
+            return "push denied by the user", True
         if factor == "passcode":
             self.ui.show(message or "Invalid passcode, please try again.")
-            return Outcome(Result.AUTH_ERR, "retry", f"passcode refused (status {status[:40]})", **base)
+            return f"passcode refused (status {status[:40]})", False
         self.ui.show(message or MSG_DENIED)
-        return Outcome(Result.AUTH_ERR, "retry", f"{factor} refused by Duo (status {status[:40]})", **base)
+        return f"{factor} refused by Duo (status {status[:40]})", False
 
     def _wait(self, txid: str, on_waiting: Callable[[AuthResult], None]) -> AuthResult:
         """Long-poll ``auth_status`` until the transaction resolves or ``push_timeout`` passes.

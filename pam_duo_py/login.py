@@ -59,7 +59,7 @@ def authenticate(config: Config, request: LoginRequest, ui: Prompter, *, sink: E
                  duo_factory: Callable = _default_duo, hostname: str | None = None) -> Outcome:
     """Decide one login and log the decision. Never raises for expected failures."""
     from . import users
-    from .engine import Engine, Login, Outcome
+    from .engine import Engine, Kind, Login, Outcome
     from .errors import UserLookupError
     from .events import CLAIMED, event
 
@@ -70,9 +70,9 @@ def authenticate(config: Config, request: LoginRequest, ui: Prompter, *, sink: E
         person = users.second_factor_user(request.service, target, request.caller_uid) if target else None
     except UserLookupError as exc:
         sink.emit(event("error", reason=str(exc), **base))
-        return Outcome(Result.SERVICE_ERR, "error", str(exc))
+        return Outcome(Result.SERVICE_ERR, Kind.ERROR, str(exc))
     if person is None:
-        outcome = Outcome(Result.USER_UNKNOWN, "failure", "unknown local user")
+        outcome = Outcome(Result.USER_UNKNOWN, Kind.FAILURE, "unknown local user")
         sink.emit(event("failure", reason=outcome.reason, **base))
         return outcome
     base["user"] = person.name
@@ -81,10 +81,10 @@ def authenticate(config: Config, request: LoginRequest, ui: Prompter, *, sink: E
         identity = users.duo_identity_for(config.users, person)
     except UserLookupError as exc:
         sink.emit(event("error", reason=str(exc), **base))
-        return Outcome(Result.SERVICE_ERR, "error", str(exc))
+        return Outcome(Result.SERVICE_ERR, Kind.ERROR, str(exc))
     if identity is None:
         sink.emit(event("exempt", reason="not in users.groups", **base))
-        return Outcome(Result.IGNORE, "exempt", "not in users.groups")
+        return Outcome(Result.IGNORE, Kind.EXEMPT, "not in users.groups")
 
     login = Login(
         user=person.name,
@@ -99,6 +99,20 @@ def authenticate(config: Config, request: LoginRequest, ui: Prompter, *, sink: E
         password=request.password,
         env_passcode=request.env_passcode,
     )
+    remember, devices = _memory(config, request, sink)
+    duo = duo_factory(config.duo)
+    try:
+        outcome = Engine(config.auth, duo, ui, remember=remember, devices=devices).run(login)
+    finally:
+        facts = _duo_facts(duo)  # before close(): a pooled client goes back to serve other logins
+        duo.close()
+    sink.emit(event(outcome.kind.value, duo_user=str(identity), factor=outcome.factor, txid=outcome.txid,
+                    reason=outcome.reason, duo_status=outcome.duo_status, **facts, **base))
+    return outcome
+
+
+def _memory(config: Config, request: LoginRequest, sink: EventSink) -> tuple:
+    """The remembered logins and preferred devices the config asks for (each None when not)."""
     remember = devices = None
     if config.remember.seconds > 0 or config.auth.preferred_device:
         from .state import PreferredDevices, Remember
@@ -109,15 +123,7 @@ def authenticate(config: Config, request: LoginRequest, ui: Prompter, *, sink: E
                                 caller_uid=request.caller_uid)
         if config.auth.preferred_device:
             devices = PreferredDevices(config.remember.state_dir, on_problem=sink.error)
-    duo = duo_factory(config.duo)
-    try:
-        outcome = Engine(config.auth, duo, ui, remember=remember, devices=devices).run(login)
-    finally:
-        facts = _duo_facts(duo)  # before close(): a pooled client goes back to serve other logins
-        duo.close()
-    sink.emit(event(outcome.outcome, duo_user=str(identity), factor=outcome.factor, txid=outcome.txid,
-                    reason=outcome.reason, duo_status=outcome.duo_status, **facts, **base))
-    return outcome
+    return remember, devices
 
 
 def _hostname() -> str:

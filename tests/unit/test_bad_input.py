@@ -41,7 +41,7 @@ from pam_duo_py import login as login_mod
 from pam_duo_py import pam
 from pam_duo_py.config import AuthSettings, Config, DuoIdentity, DuoSettings, parse_config, parse_map_file
 from pam_duo_py.duo import DuoClient
-from pam_duo_py.engine import Engine, Login, Outcome, Result
+from pam_duo_py.engine import Engine, Kind, Login, Outcome, Result
 from pam_duo_py.errors import ConfigError, DuoError, FileRuleError
 from pam_duo_py.events import event, syslog_line
 from pam_duo_py.pam import pam_sm_authenticate
@@ -497,8 +497,8 @@ def test_any_http_reply_through_the_engine(data, answers, interactive, failmode,
     outcome = engine.run(login)
     assert isinstance(outcome, Outcome) and isinstance(outcome.result, Result)
     if outcome.result is Result.SUCCESS:
-        assert outcome.outcome in ("success", "preauth_allow", "failsafe")
-        if outcome.outcome == "failsafe":
+        assert outcome.kind.value in ("success", "preauth_allow", "failsafe")
+        if outcome.kind is Kind.FAILSAFE:
             assert failmode == "safe" and sent
             assert all(uri.startswith("/auth/v2/preauth") for _, uri, _ in sent)
     for text in ui.everything:
@@ -509,7 +509,7 @@ def test_any_http_reply_through_the_engine(data, answers, interactive, failmode,
             assert PASSWORD not in params.values()
             if params.get("factor") == "passcode":
                 assert PASSCODE_SHAPE.fullmatch(params["passcode"])
-    record = event(outcome.outcome, user="alice", duo_user="alice", service="sshd", rhost="203.0.113.5",
+    record = event(outcome.kind.value, user="alice", duo_user="alice", service="sshd", rhost="203.0.113.5",
                    factor=outcome.factor, txid=outcome.txid, reason=outcome.reason, duo_status=outcome.duo_status)
     _, line = syslog_line(record)
     assert log_safe(line), repr(line)

@@ -12,7 +12,7 @@ from fakes import (APPROVED, DENIED, EOF, FRAUD, PASSCODE_BAD, PASSCODE_OK, SMS_
                    FakePrompter, Slow)
 from pam_duo_py import engine as engine_mod
 from pam_duo_py.config import AuthSettings, DuoIdentity
-from pam_duo_py.engine import Engine, Login, Result
+from pam_duo_py.engine import Engine, Kind, Login, Result
 from pam_duo_py.errors import (DuoCredentialsRejected, DuoError, DuoMalformedReply, DuoRateLimited, DuoRefused,
                                DuoTimeout, DuoUnavailable)
 from pam_duo_py.replies import AuthResult, Device, Preauth
@@ -64,7 +64,7 @@ def push_started(txid="TX1", code=None):
 
 def test_preauth_allow_grants_without_prompting():
     run = Run(preauth=Preauth("allow", "Allowing unknown user"))
-    assert run.result is Result.SUCCESS and run.outcome.outcome == "preauth_allow"
+    assert run.result is Result.SUCCESS and run.outcome.kind is Kind.PREAUTH_ALLOW
     assert run.ui.asked == [] and run.duo.auth_calls == []
     call = run.duo.calls[0]
     assert call.name == "preauth"
@@ -74,7 +74,7 @@ def test_preauth_allow_grants_without_prompting():
 
 def test_preauth_deny_refuses_and_shows_the_sanitized_message():
     run = Run(preauth=Preauth("deny", "Your account is \x1b[31mdisabled\x07.\r\nCall x123"))
-    assert run.result is Result.AUTH_ERR and run.outcome.outcome == "failure"
+    assert run.result is Result.AUTH_ERR and run.outcome.kind is Kind.FAILURE
     assert run.ui.asked == [] and run.duo.auth_calls == []
     assert len(run.ui.alerts) == 1
     alert = run.ui.alerts[0]
@@ -90,7 +90,7 @@ def test_preauth_deny_without_message_still_explains():
 def test_preauth_enroll_refuses_and_shows_the_url():
     url = "https://api-xxx.duosecurity.com/portal?code=abc\x1b]0;pwned\x07"
     run = Run(preauth=Preauth("enroll", "Enroll an authentication device to proceed", enroll_portal_url=url))
-    assert run.result is Result.AUTH_ERR and run.outcome.outcome == "failure"
+    assert run.result is Result.AUTH_ERR and run.outcome.kind is Kind.FAILURE
     assert run.ui.asked == [] and run.duo.auth_calls == []
     assert len(run.ui.alerts) == 1
     assert "https://api-xxx.duosecurity.com/portal?code=abc" in run.ui.alerts[0]
@@ -102,7 +102,7 @@ def test_preauth_enroll_refuses_and_shows_the_url():
 def test_duo_unreachable_at_preauth_secure_refuses(error):
     run = Run(preauth=error, settings=AuthSettings(failmode="secure"))
     assert run.result is Result.AUTHINFO_UNAVAIL
-    assert run.outcome.outcome == "failure"
+    assert run.outcome.kind is Kind.FAILURE
     assert run.ui.asked == [] and run.duo.auth_calls == []
     assert run.ui.alerts  # the user is told why
 
@@ -111,7 +111,7 @@ def test_duo_unreachable_at_preauth_secure_refuses(error):
                                    DuoMalformedReply("bad JSON")])
 def test_duo_unreachable_at_preauth_safe_lets_in_as_failsafe(error):
     run = Run(preauth=error, settings=AuthSettings(failmode="safe"))
-    assert run.result is Result.SUCCESS and run.outcome.outcome == "failsafe"
+    assert run.result is Result.SUCCESS and run.outcome.kind is Kind.FAILSAFE
     assert run.ui.asked == [] and run.duo.auth_calls == []
 
 
@@ -124,7 +124,7 @@ def test_duo_unreachable_at_preauth_safe_lets_in_as_failsafe(error):
 def test_duo_refusing_preauth_never_fails_open(error, failmode):
     run = Run(preauth=error, settings=AuthSettings(failmode=failmode))
     assert run.result is Result.AUTHINFO_UNAVAIL
-    assert run.outcome.outcome != "failsafe"
+    assert run.outcome.kind is not Kind.FAILSAFE
     assert run.ui.asked == [] and run.duo.auth_calls == []
 
 
@@ -132,7 +132,7 @@ def test_duo_refusing_preauth_never_fails_open(error, failmode):
 
 def test_push_approved():
     run = Run(auth=[push_started("TX1")], status=[WAITING, APPROVED], answers=["1"])
-    assert run.result is Result.SUCCESS and run.outcome.outcome == "success"
+    assert run.result is Result.SUCCESS and run.outcome.kind is Kind.SUCCESS
     assert run.outcome.factor == "push" and run.outcome.txid == "TX1"
     assert len(run.ui.asked) == 1 and run.ui.asked[0].startswith("Duo two-factor login for alice")
     (call,) = run.duo.auth_calls
@@ -158,7 +158,7 @@ def test_empty_answer_pushes_to_the_default_device():
 
 def test_push_denied_by_the_user_fails_at_once_without_a_second_prompt():
     run = Run(auth=[push_started()], status=[DENIED], answers=["1", "123456"])
-    assert run.result is Result.AUTH_ERR and run.outcome.outcome == "failure"
+    assert run.result is Result.AUTH_ERR and run.outcome.kind is Kind.FAILURE
     assert len(run.ui.asked) == 1
     assert run.duo.factors == ["push"]
     assert any("denied" in a.lower() for a in run.ui.alerts)
@@ -218,6 +218,21 @@ def test_invalid_then_valid_passcode():
     assert "Incorrect passcode. Please try again." in run.ui.shown
 
 
+def test_the_outcome_is_frozen_with_an_enum_kind_and_no_loop_state():
+    retried = Run(auth=[PASSCODE_BAD, PASSCODE_OK], answers=["111111", "123456"]).outcome
+    used_up = Run(auth_default=PASSCODE_BAD, answers=["111111"] * 3).outcome
+    fraud = Run(auth=[push_started("TX1")], status=[FRAUD], answers=["1"]).outcome
+    for outcome, kind in ((retried, Kind.SUCCESS), (used_up, Kind.FAILURE), (fraud, Kind.FAILURE)):
+        assert type(outcome.kind) is Kind and outcome.kind is kind
+        with pytest.raises(AttributeError):
+            outcome.kind = Kind.SUCCESS
+        with pytest.raises(AttributeError):
+            outcome.result = Result.SUCCESS
+    from pam_duo_py.events import OUTCOMES
+
+    assert tuple(k.value for k in Kind) == OUTCOMES  # the names the audit file and the metrics use
+
+
 def test_modhex_otp_is_sent_as_a_passcode():
     otp = "cccccc" + "cbdefghijklnrtuv" * 2 + "cbdefg"
     run = Run(auth=[PASSCODE_OK], answers=[otp])
@@ -227,7 +242,7 @@ def test_modhex_otp_is_sent_as_a_passcode():
 @pytest.mark.parametrize("prompts", [1, 2, 3])
 def test_attempts_used_up_gives_maxtries(prompts):
     run = Run(auth_default=PASSCODE_BAD, answers=["111111"] * prompts, settings=AuthSettings(prompts=prompts))
-    assert run.result is Result.MAXTRIES and run.outcome.outcome == "failure"
+    assert run.result is Result.MAXTRIES and run.outcome.kind is Kind.FAILURE
     assert len(run.ui.asked) == prompts and len(run.duo.auth_calls) == prompts
     assert engine_mod.MSG_TOO_MANY in run.ui.shown
 
@@ -268,7 +283,7 @@ AFTER_PREAUTH_ERRORS = [DuoUnavailable("connection reset"), DuoTimeout("timed ou
 @pytest.mark.parametrize("error", AFTER_PREAUTH_ERRORS, ids=lambda e: type(e).__name__)
 def test_any_duo_error_at_auth_refuses_in_both_modes(error, failmode):
     run = Run(auth=[error], answers=["1"], settings=AuthSettings(failmode=failmode))
-    assert run.result is Result.AUTH_ERR and run.outcome.outcome == "failure"
+    assert run.result is Result.AUTH_ERR and run.outcome.kind is Kind.FAILURE
     assert len(run.ui.asked) == 1
 
 
@@ -276,14 +291,14 @@ def test_any_duo_error_at_auth_refuses_in_both_modes(error, failmode):
 @pytest.mark.parametrize("error", AFTER_PREAUTH_ERRORS, ids=lambda e: type(e).__name__)
 def test_any_duo_error_at_passcode_auth_refuses_in_both_modes(error, failmode):
     run = Run(auth=[error], answers=["123456"], settings=AuthSettings(failmode=failmode))
-    assert run.result is Result.AUTH_ERR and run.outcome.outcome == "failure"
+    assert run.result is Result.AUTH_ERR and run.outcome.kind is Kind.FAILURE
 
 
 @pytest.mark.parametrize("failmode", ["secure", "safe"])
 @pytest.mark.parametrize("error", AFTER_PREAUTH_ERRORS[:1] + AFTER_PREAUTH_ERRORS[2:], ids=lambda e: type(e).__name__)
 def test_any_duo_error_at_auth_status_refuses_in_both_modes(error, failmode):
     run = Run(auth=[push_started()], status=[WAITING, error], answers=["1"], settings=AuthSettings(failmode=failmode))
-    assert run.result is Result.AUTH_ERR and run.outcome.outcome == "failure"
+    assert run.result is Result.AUTH_ERR and run.outcome.kind is Kind.FAILURE
     assert len(run.ui.asked) == 1
 
 
@@ -593,12 +608,12 @@ def test_engine_never_raises_and_never_shows_control_characters(data, preauth, a
     engine = Engine(settings, duo, ui, clock=clock, sleep=clock.sleep)
     outcome = engine.run(login(interactive=interactive, env_passcode=env_passcode, command="cmd\x1b"))
     assert isinstance(outcome.result, Result)
-    assert outcome.outcome in ("success", "failure", "failsafe", "preauth_allow", "error")
+    assert outcome.kind.value in ("success", "failure", "failsafe", "preauth_allow", "error")
     if outcome.result is Result.SUCCESS:
-        assert outcome.outcome in ("success", "failsafe", "preauth_allow")
-        if outcome.outcome == "failsafe":
+        assert outcome.kind.value in ("success", "failsafe", "preauth_allow")
+        if outcome.kind is Kind.FAILSAFE:
             assert settings.failmode == "safe" and isinstance(preauth, DuoUnavailable)
-        if outcome.outcome == "preauth_allow":
+        if outcome.kind is Kind.PREAUTH_ALLOW:
             assert isinstance(preauth, Preauth) and preauth.result == "allow"
     for text in ui.everything:
         assert displayable(text), repr(text)

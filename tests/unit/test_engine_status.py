@@ -7,7 +7,7 @@ import pytest
 from fakes import APPROVED, PASSCODE_OK, SMS_SENT, FakeClock, FakeDuo, FakePrompter
 from pam_duo_py import engine as engine_mod
 from pam_duo_py.config import AuthSettings
-from pam_duo_py.engine import Engine, Result
+from pam_duo_py.engine import Engine, Kind, Result
 from pam_duo_py.errors import DuoUnknownAnswer
 from pam_duo_py.replies import AuthResult, Preauth
 from test_engine import PHONE, Run, login, push_started
@@ -44,7 +44,7 @@ def test_allow_allow_is_success(factor):
 @pytest.mark.parametrize("factor", ASYNC + ["passcode"])
 def test_allow_bypass_is_success_logged_as_bypass(factor):
     run = one(factor, reply("allow", "bypass", "Allowing user in bypass mode"))
-    assert run.result is Result.SUCCESS and run.outcome.outcome == "success"
+    assert run.result is Result.SUCCESS and run.outcome.kind is Kind.SUCCESS
     assert run.outcome.factor == "bypass" and run.outcome.duo_status == "bypass"
     assert "bypass" in run.outcome.reason
 
@@ -153,7 +153,7 @@ def test_deny_timeout_with_one_prompt_is_maxtries():
 def test_deny_locked_out_ends_at_once_with_a_message(factor):
     msg = "Your account has been locked out due to excessive authentication failures."
     run = one(factor, reply("deny", "locked_out", msg), then=["123456", "123456"])
-    assert run.result is Result.AUTH_ERR and run.outcome.outcome == "failure"
+    assert run.result is Result.AUTH_ERR and run.outcome.kind is Kind.FAILURE
     assert len(run.ui.asked) == 1 and len(run.duo.auth_calls) == 1
     assert run.ui.alerts == [msg]
     assert run.outcome.duo_status == "locked_out" and "locked out" in run.outcome.reason
@@ -326,5 +326,5 @@ def test_enroll_without_a_url_is_a_refusal_with_a_generic_message():
 @pytest.mark.parametrize("failmode", ["secure", "safe"])
 def test_unknown_preauth_result_is_authinfo_unavail_in_both_modes(failmode):
     run = Run(preauth=DuoUnknownAnswer("unknown preauth result 'challenge'"), settings=AuthSettings(failmode=failmode))
-    assert run.result is Result.AUTHINFO_UNAVAIL and run.outcome.outcome == "error"
+    assert run.result is Result.AUTHINFO_UNAVAIL and run.outcome.kind is Kind.ERROR
     assert "challenge" in run.outcome.reason and run.duo.auth_calls == []

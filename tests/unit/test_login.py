@@ -11,7 +11,7 @@ from fakes import APPROVED, PASSCODE_BAD, PASSCODE_OK, FakeDuo, FakePrompter
 from pam_duo_py import login as login_mod
 from pam_duo_py import users
 from pam_duo_py.config import parse_config
-from pam_duo_py.engine import Result
+from pam_duo_py.engine import Kind, Result
 from pam_duo_py.errors import DuoUnavailable, UserLookupError
 from pam_duo_py.events import EventSink
 from pam_duo_py.login import LoginRequest, authenticate, ip_literal
@@ -97,7 +97,7 @@ def test_user_lookup_failure_is_a_service_error(monkeypatch):
 def test_exempt_user_is_ignored_never_success():
     config = make_config('[users]\ngroups = ["pdp-nonexistent-group-*"]\n')
     outcome, events, factory, ui = run(LoginRequest(user=ME, service="sshd", rhost="203.0.113.5"), config=config)
-    assert outcome.result is Result.IGNORE and outcome.outcome == "exempt"
+    assert outcome.result is Result.IGNORE and outcome.kind is Kind.EXEMPT
     assert factory.settings == [] and ui.asked == []
     (event,) = events
     assert event["outcome"] == "exempt" and event["user"] == ME and event["service"] == "sshd"
@@ -112,7 +112,7 @@ def test_negated_group_exempts():
 def test_user_in_groups_must_do_duo():
     config = make_config(f'[users]\ngroups = ["{MY_GROUP}"]\n')
     outcome, events, factory, _ = run(LoginRequest(user=ME, service="sshd"), config=config)
-    assert outcome.result is Result.SUCCESS and outcome.outcome == "preauth_allow"
+    assert outcome.result is Result.SUCCESS and outcome.kind is Kind.PREAUTH_ALLOW
     assert len(factory.settings) == 1
 
 
