@@ -125,7 +125,7 @@ class BrokerBackend:
     def frame(self, request: LoginRequest) -> dict[str, Any]:
         """The login request as the broker reads it (the PAM module is root: it names everything)."""
         return {"user": request.user, "service": request.service, "rhost": request.rhost, "tty": request.tty,
-                "command": request.command, "password": request.password,
+                "command": request.host.command if request.host else None, "password": request.password,
                 "config": os.path.abspath(self.config_path), "caller_uid": request.caller_uid}
 
     def authenticate(self, request: LoginRequest, ui: Any) -> Result:

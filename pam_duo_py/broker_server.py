@@ -166,7 +166,7 @@ class Broker:
         self._threading = threading
         self._duo_factory = duo_factory
         self.pool = ClientPool(self.config.duo, duo_factory)
-        from .duo import bound_name_lookups
+        from .transport import bound_name_lookups
 
         bound_name_lookups()  # the broker may start threads: name lookups end at the call's deadline
         self._active: dict[Any, int] = {}  # ("user", name) for root callers, ("uid", uid) for others

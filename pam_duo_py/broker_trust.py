@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from typing import Any, Callable
 
 from .broker_protocol import MESSAGES, WRAPPER_SERVICE
+from .hosts import profile
 from .login import LoginRequest
 from .record import Record
 from .result import Result
@@ -65,7 +66,8 @@ def login_request(uid: int, message: dict[str, Any], served_config: str,
             return Refusal(Result.OTHER_CONFIG, MESSAGES[Result.OTHER_CONFIG])
         return LoginRequest(
             user=user, service=_text(message, "service", 64) or "", rhost=_text(message, "rhost", 256),
-            tty=_text(message, "tty", 256), interactive=interactive, command=_text(message, "command", 4096),
+            tty=_text(message, "tty", 256), interactive=interactive,
+            host=profile(_text(message, "service", 64) or "", _text(message, "command", 4096)),
             caller_uid=_caller_uid(message), password=_text(message, "password"),
             env_passcode=_text(message, "env_passcode", 64),
             trusted_address=True,
@@ -76,6 +78,7 @@ def login_request(uid: int, message: dict[str, Any], served_config: str,
                        note=f"broker: uid {uid} asked to log in as another user; refused")
     return LoginRequest(
         user=caller.name, service=WRAPPER_SERVICE, rhost=_text(message, "rhost", 256),
-        tty=_text(message, "tty", 256), interactive=interactive, command=_text(message, "command", 4096),
+        tty=_text(message, "tty", 256), interactive=interactive,
+        host=profile(WRAPPER_SERVICE, _text(message, "command", 4096)),
         caller_uid=uid, env_passcode=_text(message, "env_passcode", 64), trusted_address=False,
     )

@@ -1,34 +1,25 @@
-"""The Duo client layer: ``duo_client.Auth`` with the guarantees a login needs.
+"""The Duo adapter: typed calls in, reply objects out; Duo's wire format lives here.
 
-duo-client (pinned to 5.7.0) signs requests and parses replies. On top of it
-this module adds, by overriding its connection and request hooks:
-
-* the CA is always pinned: ``ca_file`` or duo-client's own bundle, never the
-  environment; the proxy comes only from the config;
-* ``timeout`` is one overall deadline per API call, connect, TLS handshake and
-  every read included (duo-client's own timeout applies per socket operation);
-  when the host has several addresses a dead one hands over to the next within
-  that deadline;
-* one keep-alive connection per login (one TCP connection, one TLS handshake)
-  with ``TCP_NODELAY``;
-* HTTP 429 is retried only while the wait fits into the call's deadline:
-  ``Retry-After`` or ``X-Retry-After`` (Duo's own mock server sends the
-  latter) when given, else 1, 2, 4 ... s, instead of duo-client's fixed 63 s
-  loop that ignores both headers;
-* every low-level failure is mapped, here and only here, to the exception tree
+* **Typed calls** (:class:`AuthCalls`, :class:`DuoClient`): ``preauth``, ``start_push``,
+  ``start_phone``, ``check_passcode``, ``send_sms``, ``auth_status`` (and ``check``, ``ping``
+  for the operator and the broker) build Duo's parameters (``async``, ``device``, the
+  urlencoded ``pushinfo``, a Verified Push ``txid``, ``ipaddr``, ``hostname``, ``passcode``...)
+  and return the objects of :mod:`pam_duo_py.replies`.
+* **Signed requests**: duo-client (pinned to 5.7.0) signs them with its public ``sign``,
+  ``Client.canon_json`` and ``normalize_params``; no request signing is written here.
+* **The envelope and errors**: Duo's ``{"stat": ...}`` envelope is opened here, and every
+  failure (of the transport or of Duo) is mapped, here and only here, to the exception tree
   of :mod:`pam_duo_py.errors`.
+
+The bytes travel through a transport (:mod:`pam_duo_py.transport`): the real HTTPS one, or a
+plain function in unit tests.
 """
 from __future__ import annotations
 
-import datetime
-import email.utils
-import http.client
-import io
 import socket
 import ssl
+import sys
 import time
-from datetime import timezone
-from typing import Any, Callable, Protocol
 
 from . import replies
 from .config import DuoIdentity, DuoSettings
@@ -42,364 +33,88 @@ from .errors import (
     DuoTimeout,
     DuoUnavailable,
 )
+from .transport import BadReply, http_date, parse_http_date
 
-Clock = Callable[[], float]
-MAX_RATE_LIMIT_RETRIES = 6  # as duo_unix; the call's deadline usually ends the waits first
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # annotations only: importing typing costs milliseconds per login
+    from types import ModuleType
+    from typing import Any, Callable, Sequence
 
+    from .transport import HTTPSTransport, Transport
 
-class DuoApi(Protocol):
-    """What the decision engine needs from Duo (the real client, or a fake in tests)."""
-
-    def preauth(self, identity: DuoIdentity, *, ipaddr: str | None, hostname: str | None,
-                verified_push: bool) -> replies.Preauth: ...
-
-    def auth(self, identity: DuoIdentity, factor: str, params: dict[str, str]) -> dict[str, Any]: ...
-
-    def auth_status(self, txid: str, timeout: float) -> replies.AuthResult: ...
-
-    def close(self) -> None: ...
+    Clock = Callable[[], float]
 
 
-class _DeadlineSocket:
-    """A socket wrapper that arms the remaining time of the call before every send and receive."""
-
-    def __init__(self, sock: socket.socket, remaining: Callable[[], float]) -> None:
-        self._sock = sock
-        self._remaining = remaining
-
-    def _arm(self) -> None:
-        left = self._remaining()
-        if left <= 0:
-            raise TimeoutError("deadline passed")
-        self._sock.settimeout(left)
-
-    def sendall(self, data: bytes) -> None:
-        self._arm()
-        self._sock.sendall(data)
-
-    def recv_into(self, buffer: Any, nbytes: int = 0) -> int:
-        self._arm()
-        return self._sock.recv_into(buffer, nbytes)
-
-    def makefile(self, mode: str = "rb", *args: Any, **kwargs: Any) -> io.BufferedReader:
-        return io.BufferedReader(socket.SocketIO(self, "rb"))  # type: ignore[arg-type]
-
-    def _decref_socketios(self) -> None:
-        pass
-
-    def close(self) -> None:
-        self._sock.close()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._sock, name)
-
-
-def _peer_closed(sock: Any) -> bool:
-    """Whether an idle keep-alive connection has been closed (or written to) by the server."""
-    if sock is None:
-        return True
-    import select
-
-    try:
-        readable, _, _ = select.select([sock.fileno()], [], [], 0)
-    except (OSError, ValueError):
-        return True
-    if not readable:
-        return False
-    # A TLS 1.3 server sends session tickets after the handshake: readable, yet no data and
-    # no close. Reading without blocking consumes such records and tells the two apart.
-    raw = getattr(sock, "_sock", sock)
-    if not isinstance(raw, ssl.SSLSocket):
-        return True
-    timeout = raw.gettimeout()
-    try:
-        raw.setblocking(False)
-        raw.recv(1)
-        return True  # the close (b"") or data nobody asked for: either way not reusable
-    except ssl.SSLWantReadError:
-        return False
-    except (OSError, ValueError):
-        return True
-    finally:
-        try:
-            raw.settimeout(timeout)
-        except OSError:
-            pass
-
-
-class _Lookups:
-    """Name lookups in worker threads, each waited for only until the call's deadline.
-
-    Only for the broker: a PAM host process must not start threads, so in-process a
-    lookup lasts as long as the system resolver's own limits allow (resolv.conf
-    ``options timeout: attempts:``). A lookup that hangs keeps its thread until the
-    resolver gives up; at most ``limit`` may be pending, then lookups fail at once.
-    """
-
-    def __init__(self, limit: int = 16) -> None:
-        import threading
-
-        self._threading = threading
-        self._slots = threading.BoundedSemaphore(limit)
-
-    def __call__(self, host: str, port: int, remaining: Callable[[], float]) -> list:
-        if not self._slots.acquire(blocking=False):
-            raise socket.gaierror(socket.EAI_AGAIN, "too many name lookups pending")
-        box: dict[str, Any] = {}
-        done = self._threading.Event()
-
-        def work() -> None:
-            try:
-                box["infos"] = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)
-            except BaseException as exc:
-                box["error"] = exc
-            finally:
-                self._slots.release()
-                done.set()
-
-        try:
-            self._threading.Thread(target=work, name="dns", daemon=True).start()
-        except BaseException:
-            self._slots.release()
-            raise socket.gaierror(socket.EAI_AGAIN, "cannot start a name lookup") from None
-        if not done.wait(max(remaining(), 0.0)):
-            raise socket.gaierror(socket.EAI_AGAIN, "name lookup timed out")
-        if "error" in box:
-            raise box["error"]
-        return box["infos"]
-
-
-_lookup: _Lookups | None = None  # set by bound_name_lookups() in the broker
-
-
-def bound_name_lookups() -> None:
-    """In a process that may start threads (the broker): bound each name lookup by the call's deadline."""
-    global _lookup
-    if _lookup is None:
-        _lookup = _Lookups()
-
-
-def _open_tcp(host: str, port: int, remaining: Callable[[], float]) -> socket.socket:
-    """Connect to the first address that answers; each address gets an equal share of the time left."""
-    if _lookup is not None:
-        infos = _lookup(host, port, remaining)
-    else:
-        infos = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)
-    last: OSError | None = None
-    for index, (family, kind, proto, _, address) in enumerate(infos):
-        left = remaining()
-        if left <= 0:
-            break
-        sock = socket.socket(family, kind, proto)
-        try:
-            sock.settimeout(left / (len(infos) - index))
-            sock.connect(address)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            return sock
-        except OSError as exc:
-            last = exc
-            sock.close()
-    raise last or TimeoutError("deadline passed before connecting")
-
-
-class _Connection(http.client.HTTPConnection):
-    """HTTPS (optionally through an HTTP CONNECT proxy) under one deadline per call."""
-
-    def __init__(self, host: str, port: int, context: ssl.SSLContext, remaining: Callable[[], float]) -> None:
-        super().__init__(host, port)
-        self._context = context
-        self._remaining = remaining
-
-    def connect(self) -> None:
-        tcp = _open_tcp(self.host, self.port, self._remaining)
-        try:
-            if self._tunnel_host:
-                self.sock = _DeadlineSocket(tcp, self._remaining)
-                self._tunnel()
-            left = self._remaining()
-            if left <= 0:
-                raise TimeoutError("deadline passed before the TLS handshake")
-            tcp.settimeout(left)
-            tls = self._context.wrap_socket(tcp, server_hostname=self._tunnel_host or self.host)
-        except BaseException:
-            tcp.close()
-            raise
-        self.sock = _DeadlineSocket(tls, self._remaining)
-
-
-def _ssl_context(ca_file: str | None) -> ssl.SSLContext:
-    if ca_file is None:
-        ca_file = _duo_modules()[1].DEFAULT_CA_CERTS
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.load_verify_locations(cafile=ca_file)
-    context.check_hostname = True
-    context.verify_mode = ssl.CERT_REQUIRED
-    return context
-
-
-def retry_after_seconds(value: str | None, now: float) -> float | None:
-    """Seconds to wait from a ``Retry-After`` header (integer seconds or an HTTP date)."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when is None:
-        return None
-    if when.tzinfo is None:  # "-0000" parses as naive, but it means UTC (RFC 5322), not local time
-        when = when.replace(tzinfo=datetime.timezone.utc)
-    return max(0.0, when.timestamp() - now)
-
+# -- duo-client, for its request signing ---------------------------------------------------------
 
 _PRIVATE_PACKAGE = "pam_duo_py._duo_client"
+# Modules duo-client's client module imports only for code this product does not run: its own
+# connection and request loop (http.client, email.utils, random) and its command-line demo
+# (argparse). Each costs an in-process login milliseconds, so they are imported on first use.
+_UNUSED_IMPORTS = ("http", "http.client", "email", "email.utils", "argparse", "random")
 
 
-def _duo_modules() -> tuple[Any, Any]:
-    """duo-client's ``auth`` and ``client`` modules, without running its package ``__init__``.
+class _OnFirstUse(type(sys)):  # type: ignore[misc]
+    """Stands for a module until an attribute is asked for, then imports the real module."""
 
-    The package ``__init__`` also imports the Admin and Accounts APIs (most of its
-    code), which a login never uses; in pam_python every login pays for every
-    import. The pinned duo-client's modules are loaded under a private package
-    name, so a normal ``import duo_client`` elsewhere in the process is unaffected.
+    def __getattr__(self, name: str) -> Any:
+        import importlib
+
+        real = importlib.import_module(self.__name__)
+        if real is self:  # asked while it still stands in sys.modules: nothing to defer to
+            raise AttributeError(name)
+        try:
+            return getattr(real, name)
+        except AttributeError:
+            return importlib.import_module(f"{self.__name__}.{name}")
+
+
+def _https_wrapper_not_used(*args: Any, **kwargs: Any) -> Any:
+    raise NotImplementedError("duo-client's own HTTPS connection is not used: see pam_duo_py.transport")
+
+
+def duo_client_module() -> ModuleType:
+    """duo-client's ``client`` module (signing, ``DEFAULT_CA_CERTS``), loaded for as little as it needs.
+
+    It is loaded under a private package name, without running duo-client's package
+    ``__init__`` (which imports the Admin and Accounts APIs) and with its ``https_wrapper``
+    (which imports ``urllib.request``) replaced by a stub: a normal ``import duo_client``
+    elsewhere in the process is unaffected. The modules of :data:`_UNUSED_IMPORTS` stand in
+    as :class:`_OnFirstUse` while it is imported, unless another thread could import at the
+    same moment (once ``threading`` is loaded, as in the broker, they are imported normally).
     """
+    module = sys.modules.get(_PRIVATE_PACKAGE + ".client")
+    if module is not None:
+        return module
     import importlib
     import importlib.machinery
-    import sys
-    import types
 
-    package = sys.modules.get(_PRIVATE_PACKAGE)
-    if package is None:
+    if _PRIVATE_PACKAGE not in sys.modules:
         spec = importlib.machinery.PathFinder.find_spec("duo_client")
         if spec is None or not spec.submodule_search_locations:
             raise ImportError("duo_client is not installed")
-        package = types.ModuleType(_PRIVATE_PACKAGE)
+        package = type(sys)(_PRIVATE_PACKAGE)
         package.__path__ = list(spec.submodule_search_locations)
         package.__package__ = _PRIVATE_PACKAGE
         sys.modules[_PRIVATE_PACKAGE] = package
-    return importlib.import_module(_PRIVATE_PACKAGE + ".auth"), importlib.import_module(_PRIVATE_PACKAGE + ".client")
+    wrapper = type(sys)(_PRIVATE_PACKAGE + ".https_wrapper")
+    wrapper.CertValidatingHTTPSConnection = _https_wrapper_not_used
+    sys.modules.setdefault(wrapper.__name__, wrapper)
+    placed: dict[str, Any] = {}
+    if "threading" not in sys.modules:
+        for name in _UNUSED_IMPORTS:
+            parent = name.rpartition(".")[0]
+            if name not in sys.modules and (not parent or parent in placed):
+                placed[name] = sys.modules[name] = _OnFirstUse(name)
+    try:
+        return importlib.import_module(_PRIVATE_PACKAGE + ".client")
+    finally:
+        for name, stand_in in placed.items():
+            if sys.modules.get(name) is stand_in:
+                del sys.modules[name]
 
 
-def _make_auth_class() -> type:
-    auth_module, _ = _duo_modules()
-
-    class DeadlineAuth(auth_module.Auth):
-        """duo_client.Auth whose connection and request loop follow the rules of this module."""
-
-        def __init__(self, settings: DuoSettings, clock: Clock, sleep: Callable[[float], None]) -> None:
-            super().__init__(
-                ikey=settings.ikey, skey=settings.skey, host=settings.host, port=settings.port,
-                ca_certs=settings.ca_file, timeout=settings.timeout,
-            )
-            self._settings = settings
-            self._clock = clock
-            self._sleep = sleep
-            self._context = _ssl_context(settings.ca_file)
-            self._conn: _Connection | None = None
-            self.deadline = 0.0
-            self.server_time_offset: float | None = None
-            self.connections_opened = 0
-            if settings.proxy:
-                headers = {}
-                if settings.proxy.user is not None:
-                    import base64
-
-                    token = base64.b64encode(f"{settings.proxy.user}:{settings.proxy.password or ''}".encode()).decode()
-                    headers["Proxy-Authorization"] = "Basic " + token
-                self.set_proxy(settings.proxy.host, settings.proxy.port, headers)
-
-        def remaining(self) -> float:
-            return self.deadline - self._clock()
-
-        def _connect(self) -> _Connection:
-            port = self._settings.port or 443
-            if self.proxy_type == "CONNECT":
-                conn = _Connection(self.proxy_host, self.proxy_port, self._context, self.remaining)
-                conn.set_tunnel(self._settings.host, port, self.proxy_headers)
-            else:
-                conn = _Connection(self._settings.host, port, self._context, self.remaining)
-            self.connections_opened += 1
-            return conn
-
-        def close(self) -> None:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
-
-        def _send(self, method: str, uri: str, body: Any, headers: dict) -> tuple[http.client.HTTPResponse, bytes]:
-            """One request on the login's keep-alive connection.
-
-            A request is sent again only when it cannot have reached Duo: the idle
-            connection was found closed before sending, or sending itself failed. Once
-            the request is out, a lost reply is an error, never a second request (a
-            second POST /auth would be a second push).
-            """
-            if self._conn is not None and _peer_closed(self._conn.sock):
-                self.close()
-            for attempt in (1, 2):
-                reused = self._conn is not None
-                if self._conn is None:
-                    self._conn = self._connect()
-                conn = self._conn
-                try:
-                    conn.request(method, uri, body, headers)
-                except (ConnectionResetError, BrokenPipeError, ssl.SSLEOFError):
-                    self.close()
-                    if reused and attempt == 1 and self.remaining() > 0:
-                        continue  # the server had closed the idle connection: the request never left
-                    raise
-                except BaseException:
-                    self.close()
-                    raise
-                try:
-                    response = conn.getresponse()
-                    data = response.read()
-                except BaseException:
-                    self.close()
-                    raise
-                self._note_server_date(response.getheader("Date"))
-                if response.will_close:
-                    self.close()
-                return response, data
-            raise AssertionError("unreachable")
-
-        def _note_server_date(self, value: str | None) -> None:
-            if not value:
-                return
-            try:
-                when = email.utils.parsedate_to_datetime(value)
-            except (TypeError, ValueError, IndexError):
-                return
-            if when is not None and when.tzinfo is None:
-                when = when.replace(tzinfo=timezone.utc)  # "-0000": UTC, no zone given
-            if when is not None:
-                self.server_time_offset = when.timestamp() - time.time()
-
-        def _make_request(self, method: str, uri: str, body: Any, headers: dict) -> tuple[Any, bytes]:
-            backoff = 1.0
-            for _ in range(MAX_RATE_LIMIT_RETRIES + 1):
-                response, data = self._send(method, uri, body, headers)
-                if response.status != 429:
-                    return response, data
-                wait = retry_after_seconds(response.getheader("Retry-After")
-                                           or response.getheader("X-Retry-After"), time.time())
-                if wait is None:
-                    wait = backoff
-                    backoff *= 2
-                if wait >= self.remaining() - 0.05:
-                    break
-                self._sleep(wait)
-            return response, data
-
-    return DeadlineAuth
-
-
-_AUTH_CLASS: type | None = None
-
+# -- failures -----------------------------------------------------------------------------------
 
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, socket.gaierror):
@@ -412,8 +127,8 @@ def _describe(exc: BaseException) -> str:
         return "timed out"
     if isinstance(exc, ConnectionRefusedError):
         return "connection refused"
-    if isinstance(exc, http.client.HTTPException):
-        return f"bad HTTP reply: {type(exc).__name__}"
+    if isinstance(exc, BadReply):
+        return f"bad HTTP reply: {exc}"
     if isinstance(exc, OSError):
         return f"network error: {exc.strerror or exc}"
     return type(exc).__name__
@@ -441,59 +156,108 @@ def error_kind(exc: DuoError, *, long_poll: bool = False) -> str:
     return "unreachable"
 
 
-class DuoClient:
-    """The real :class:`DuoApi`: one instance per login (or per broker worker)."""
+class AuthCalls:
+    """The typed ``/auth/v2/auth`` calls: Duo's parameters are built here and nowhere else.
+
+    Built on ``_auth_call(identity, factor, params) -> raw reply`` (the real client's signed call,
+    or a test's recorder); replies are checked by :mod:`pam_duo_py.replies`.
+    """
+
+    def _auth_call(self, identity: DuoIdentity, factor: str, params: dict[str, str]) -> Any:
+        raise NotImplementedError
+
+    def _parsed(self, parse: Callable[..., Any], reply: Any, **options: Any) -> Any:
+        return parse(reply, **options)
+
+    def start_push(self, identity: DuoIdentity, device: str, *, ipaddr: str | None, hostname: str | None,
+                   pushinfo: Sequence[tuple[str, str]] = (), txid: str | None = None) -> replies.AuthStarted:
+        params = _place(ipaddr, hostname, device=device, **{"async": "1"})
+        if pushinfo:
+            import urllib.parse
+
+            params["pushinfo"] = urllib.parse.urlencode(list(pushinfo))
+        if txid:
+            params["txid"] = txid  # Verified Push: the transaction the preauth opened
+        return self._parsed(replies.parse_auth_started, self._auth_call(identity, "push", params))
+
+    def start_phone(self, identity: DuoIdentity, device: str, *, ipaddr: str | None,
+                    hostname: str | None) -> replies.AuthStarted:
+        params = _place(ipaddr, hostname, device=device, **{"async": "1"})
+        return self._parsed(replies.parse_auth_started, self._auth_call(identity, "phone", params))
+
+    def check_passcode(self, identity: DuoIdentity, passcode: str, *, ipaddr: str | None,
+                       hostname: str | None) -> replies.AuthResult:
+        params = _place(ipaddr, hostname, passcode=passcode, **{"async": "0"})
+        return self._parsed(replies.parse_auth_result, self._auth_call(identity, "passcode", params), allow_waiting=False)
+
+    def send_sms(self, identity: DuoIdentity, device: str | None, *, ipaddr: str | None,
+                 hostname: str | None) -> replies.AuthResult:
+        params = _place(ipaddr, hostname, device=device or "auto", **{"async": "0"})
+        return self._parsed(replies.parse_auth_result, self._auth_call(identity, "sms", params), allow_waiting=False)
+
+
+def _place(ipaddr: str | None, hostname: str | None, **params: str) -> dict[str, str]:
+    """Where the login comes from (sent when known), then the call's own parameters."""
+    place = {}
+    if ipaddr:
+        place["ipaddr"] = ipaddr
+    if hostname:
+        place["hostname"] = hostname
+    place.update(params)
+    return place
+
+
+class DuoClient(AuthCalls):
+    """The real :class:`~pam_duo_py.replies.DuoApi`: one instance per login (or per broker worker).
+
+    ``transport`` (a function, see :mod:`pam_duo_py.transport`) replaces the HTTPS transport in
+    tests; ``close`` then calls its ``close`` when it has one.
+    """
 
     def __init__(self, settings: DuoSettings, *, clock: Clock = time.monotonic,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
-        global _AUTH_CLASS
-        if _AUTH_CLASS is None:
-            _AUTH_CLASS = _make_auth_class()
+                 sleep: Callable[[float], None] = time.sleep, transport: Transport | None = None,
+                 wall_clock: Clock = time.time) -> None:
         self.settings = settings
         self._clock = clock
-        self._auth = _AUTH_CLASS(settings, clock, sleep)
+        self._wall_clock = wall_clock
+        self._https: HTTPSTransport | None = None
+        if transport is None:
+            from .transport import https_transport
+
+            transport, self._https = https_transport(settings, clock=clock, sleep=sleep)
+        self.transport = transport
+        self._close = self._https.close if self._https is not None else getattr(transport, "close", None)
+        self.server_time_offset: float | None = None  # Duo's clock minus ours (s), from the last reply's Date
         self.calls: list[tuple[str, float, str | None]] = []  # (endpoint, seconds, error kind): for metrics
 
     @property
-    def server_time_offset(self) -> float | None:
-        """Duo's clock minus ours, in seconds, from the last reply's Date header (1 s resolution)."""
-        return self._auth.server_time_offset
-
-    @property
     def connections_opened(self) -> int:
-        return self._auth.connections_opened
+        return self._https.connections_opened if self._https is not None else 0
 
     def close(self) -> None:
-        self._auth.close()
+        """Drop the connection (the next call opens a new one)."""
+        if self._close is not None:
+            self._close()
 
     # -- the idle keep-alive connection (the broker keeps it warm between logins) --------------
 
     def fileno(self) -> int | None:
         """The open connection's descriptor (readable once the server closes it), or None."""
-        conn = self._auth._conn
-        sock = conn.sock if conn is not None else None
-        try:
-            return sock.fileno() if sock is not None else None
-        except OSError:
-            return None
+        return self._https.fileno() if self._https is not None else None
 
     def connected(self) -> bool:
         """An open connection the server has not closed (or written to) while idle."""
-        conn = self._auth._conn
-        return conn is not None and not _peer_closed(conn.sock)
+        return self._https is not None and self._https.connected()
 
     def warm_up(self, timeout: float) -> bool:
         """Open the connection (TCP and TLS) now, sending nothing; False (and closed) on failure."""
-        auth = self._auth
-        auth.deadline = self._clock() + min(timeout, self.settings.timeout)
+        if self._https is None:
+            return False
         try:
-            if auth._conn is None:
-                auth._conn = auth._connect()
-            if auth._conn.sock is None:
-                auth._conn.connect()
+            self._https.connect(self.settings.host, self._clock() + min(timeout, self.settings.timeout))
             return True
         except Exception:
-            auth.close()
+            self.close()
             return False
 
     def ping(self, timeout: float) -> bool:
@@ -501,24 +265,27 @@ class DuoClient:
 
         Not noted in :attr:`calls`: those belong to logins.
         """
-        auth = self._auth
-        auth.deadline = self._clock() + min(timeout, self.settings.timeout)
         try:
-            auth.ping()
+            self._request("GET", "/auth/v2/ping", {}, self._clock() + min(timeout, self.settings.timeout))
             return True
         except Exception:
-            auth.close()
+            self.close()
             return False
 
-    def call(self, method: str, path: str, params: dict[str, str], timeout: float | None = None) -> Any:
+    # -- one call -------------------------------------------------------------------------------
+
+    def call(self, method: str, path: str, params: dict[str, Any], timeout: float | None = None, *,
+             metadata: bool = False) -> Any:
         """One API call under one deadline; every failure leaves here as a :class:`DuoError`.
 
-        Each call is noted in :attr:`calls` (endpoint, seconds, error kind) for the audit event.
+        Returns Duo's ``response`` (with ``metadata``: the pair ``(response, metadata)``, for
+        the Admin API's paging). Each call is noted in :attr:`calls` (endpoint, seconds, error
+        kind) for the audit event.
         """
         started = self._clock()
         kind: str | None = None
         try:
-            return self._call(method, path, params, timeout, started)
+            return self._call(method, path, params, timeout, started, metadata)
         except DuoError as exc:
             kind = error_kind(exc, long_poll=timeout is not None)
             raise
@@ -530,29 +297,83 @@ class DuoClient:
         calls, self.calls = self.calls, []
         return calls
 
-    def _call(self, method: str, path: str, params: dict[str, str], timeout: float | None, started: float) -> Any:
-        self._auth.deadline = started + (self.settings.timeout if timeout is None else timeout)
+    def _call(self, method: str, path: str, params: dict[str, Any], timeout: float | None, started: float,
+              metadata: bool) -> Any:
+        limit = self.settings.timeout if timeout is None else timeout
+        deadline = started + limit
         try:
-            return self._auth.json_api_call(method, path, params)
-        except RuntimeError as exc:
-            self._auth.close()
-            raise self._http_error(exc) from None
-        except (OSError, ssl.SSLError, http.client.HTTPException, UnicodeError) as exc:
-            self._auth.close()
-            if isinstance(exc, (TimeoutError, socket.timeout)) or self._auth.remaining() <= 0:
+            return self._request(method, path, params, deadline, metadata)
+        except DuoError:
+            self.close()
+            raise
+        except (OSError, ssl.SSLError, BadReply, UnicodeError) as exc:
+            self.close()
+            if isinstance(exc, (TimeoutError, socket.timeout)) or self._clock() >= deadline:
                 # Past the deadline another error may be the cause (a name lookup cannot be
                 # interrupted and may outlast it): say which.
                 cause = "" if isinstance(exc, (TimeoutError, socket.timeout)) else f" ({_describe(exc)})"
-                raise DuoTimeout(f"{path}: timed out after {self.settings.timeout if timeout is None else timeout:g} s"
-                                 f"{cause}") from None
+                raise DuoTimeout(f"{path}: timed out after {limit:g} s{cause}") from None
             raise DuoUnavailable(f"{path}: {_describe(exc)}") from None
         except BaseException:
-            self._auth.close()
+            self.close()
             raise
 
-    def _http_error(self, exc: RuntimeError) -> DuoError:
-        status = getattr(exc, "status", None)
-        data = getattr(exc, "data", None)
+    def _request(self, method: str, path: str, params: dict[str, Any], deadline: float, metadata: bool = False) -> Any:
+        """Sign, send through the transport, open Duo's envelope."""
+        uri, headers, body = self._signed(method, path, params)
+        status, head, data = self.transport(method, self.settings.host, uri, headers, body, deadline)
+        when = parse_http_date(head.get("date"))
+        if when is not None:
+            self.server_time_offset = when - self._wall_clock()
+        return self._envelope(status, data, metadata)
+
+    def _signed(self, method: str, path: str, params: dict[str, Any]) -> tuple[str, dict[str, str], bytes | None]:
+        """The request as duo-client's ``Client.api_call`` builds it (signature version 5), ready to send."""
+        client = duo_client_module()
+        date = http_date(self._wall_clock())
+        if method in ("POST", "PUT", "PATCH"):
+            body, signed_params, uri = client.Client.canon_json(params), {}, path
+        else:
+            import urllib.parse
+
+            body, signed_params = "", client.normalize_params(params)
+            uri = path + "?" + urllib.parse.urlencode(signed_params, doseq=True)
+        settings = self.settings
+        headers = {
+            "Authorization": client.sign(settings.ikey, settings.skey, method, settings.host, path, date,
+                                         client.Client.sig_version, signed_params, body=body),
+            "Date": date,
+            "User-Agent": (f"Duo API Python/{client.__version__} ca_bundle/{client.CA_BUNDLE_VERSION} "
+                           "(ca_pinning=enabled)"),
+        }
+        if body:
+            headers["Content-Type"] = "application/json"
+            return uri, headers, body.encode("utf-8")
+        return uri, headers, None
+
+    def _envelope(self, status: int, data: bytes, metadata: bool) -> Any:
+        """Duo's ``response`` from ``{"stat": "OK", "response": ...}``, or the mapped error."""
+        import json
+
+        try:
+            parsed: Any = json.loads(data.decode("utf-8"))
+        except UnicodeDecodeError:
+            parsed = None
+        except (ValueError, RecursionError):
+            parsed = data.decode("utf-8")
+        if status != 200:
+            raise self._http_error(status, parsed)
+        if not isinstance(parsed, dict) or parsed.get("stat") != "OK" or "response" not in parsed:
+            raise self._http_error(status, parsed)
+        response = parsed["response"]
+        if not metadata:
+            return response
+        meta = parsed.get("metadata", {})
+        if not meta and isinstance(response, dict):
+            meta = response.get("metadata", {})
+        return response, meta
+
+    def _http_error(self, status: int, data: Any) -> DuoError:
         code = data.get("code") if isinstance(data, dict) else None
         code = code if isinstance(code, int) and not isinstance(code, bool) else None
         message = data.get("message") if isinstance(data, dict) and isinstance(data.get("message"), str) else ""
@@ -560,7 +381,7 @@ class DuoClient:
         detail = f"HTTP {status}" + (f" code {code}" if code else "") + (f": {message[:200]}" if message else "")
         if isinstance(extra, str) and extra:
             detail += f" ({extra[:200]})"  # Duo names the parameter or header it objects to
-        if status == 200 or status is None:
+        if status == 200:
             return DuoMalformedReply(f"malformed reply ({detail})", status=status)
         if status == 401:
             if code == 40105:
@@ -588,27 +409,22 @@ class DuoClient:
     # -- the endpoints a login uses ------------------------------------------------------------
 
     def check(self) -> int:
+        """Duo's time (``/auth/v2/check``): keys, signature and clock accepted."""
         return self._parsed(replies.parse_time, self.call("GET", "/auth/v2/check", {}))
 
     def preauth(self, identity: DuoIdentity, *, ipaddr: str | None, hostname: str | None,
                 verified_push: bool) -> replies.Preauth:
         params = identity.params()
-        if ipaddr:
-            params["ipaddr"] = ipaddr
-        if hostname:
-            params["hostname"] = hostname
+        params.update(_place(ipaddr, hostname))
         if verified_push:
             params["client_supports_verified_push"] = "1"
         return self._parsed(replies.parse_preauth, self.call("POST", "/auth/v2/preauth", params))
 
-    def auth(self, identity: DuoIdentity, factor: str, params: dict[str, str]) -> dict[str, Any]:
+    def _auth_call(self, identity: DuoIdentity, factor: str, params: dict[str, str]) -> Any:
         body = identity.params()
         body.update(params)
         body["factor"] = factor
-        reply = self.call("POST", "/auth/v2/auth", body)
-        if not isinstance(reply, dict):
-            raise DuoMalformedReply("auth reply is not a JSON object")
-        return reply
+        return self.call("POST", "/auth/v2/auth", body)
 
     def auth_status(self, txid: str, timeout: float) -> replies.AuthResult:
         """Duo long-polls this call until the transaction changes; ``timeout`` bounds the wait."""

@@ -1,25 +1,23 @@
 """The decision engine: from preauth to a result (docs/behaviour.md §5, §6).
 
 Pure logic. It talks to the user through a :class:`Prompter` and to Duo
-through a :class:`~pam_duo_py.duo.DuoApi`; it does no I/O of its own, so
-every branch is tested with fakes.
+through a :class:`~pam_duo_py.replies.DuoApi` (typed calls; Duo's parameter
+names and the wire belong to :mod:`pam_duo_py.duo`); it does no I/O of its
+own, so every branch is tested with fakes.
 """
 from __future__ import annotations
 
 import enum
 import re
 import time
-import urllib.parse
 from typing import Callable, Protocol
 
 from .record import Record
 from .answers import Choice, Menu, Option, Refusal, build_menu, parse_answer
 from .config import AuthSettings, DuoIdentity
-from .duo import DuoApi
 from .errors import ConversationError, DuoError, DuoRefused, DuoTimeout, DuoUnavailable, DuoUnknownAnswer
 from .result import Result
-from .replies import AuthResult, Device, Preauth, parse_auth_result, parse_auth_started
-from .hosts import holds_info_messages
+from .replies import AuthResult, Device, DuoApi, Preauth
 from .text import for_display
 
 TYPE_CHECKING = False
@@ -52,6 +50,7 @@ class Login(Record, hidden=("password", "env_passcode",)):
     tty: str | None = None
     hostname: str | None = None
     command: str | None = None
+    holds_info_messages: bool = False  # the host program shows info messages only with the next prompt (sshd)
     password: str | None = None
     env_passcode: str | None = None
 
@@ -310,7 +309,7 @@ class Engine:
     def _menu_prompt(self, login: Login, menu: Menu) -> str:
         """The menu; under sshd with a line saying that the push (or call) goes out on answering."""
         text = menu.text()
-        if not holds_info_messages(login.service) or not any(o.factor in ("push", "phone") for o in menu.options):
+        if not login.holds_info_messages or not any(o.factor in ("push", "phone") for o in menu.options):
             return text
         head, _, prompt = text.rpartition("\n")
         return f"{head}\n{MSG_SSHD_NOTICE}\n{prompt}"
@@ -320,29 +319,21 @@ class Engine:
             self.ui.show(MSG_SUCCESS)
         return tried.outcome
 
-    def _pushinfo(self, login: Login) -> str | None:
+    def _pushinfo(self, login: Login) -> tuple[tuple[str, str], ...]:
+        """What Duo Mobile shows with the push (label, value), when ``pushinfo`` is on."""
         if not self.settings.pushinfo:
-            return None
+            return ()
         info = [("Server", login.hostname or ""), ("Service", login.service)]
         if login.ipaddr or login.rhost:
             info.append(("Remote address", login.ipaddr or login.rhost or ""))
         if self.settings.pushinfo_command and login.command:
             info.append(("Command", login.command[:100]))
-        return urllib.parse.urlencode([(k, v) for k, v in info if v])
-
-    def _common_params(self, login: Login) -> dict[str, str]:
-        params: dict[str, str] = {}
-        if login.ipaddr:
-            params["ipaddr"] = login.ipaddr
-        if login.hostname:
-            params["hostname"] = login.hostname
-        return params
+        return tuple((k, v) for k, v in info if v)
 
     def _send_sms(self, login: Login, device: Device | None) -> _Tried | None:
         """Ask Duo for SMS passcodes: None when sent (not an attempt), else Duo's verdict."""
-        params = self._common_params(login)
-        params.update({"device": device.device if device else "auto", "async": "0"})
-        reply = parse_auth_result(self.duo.auth(login.identity, "sms", params), allow_waiting=False)
+        reply = self.duo.send_sms(login.identity, device.device if device else None, ipaddr=login.ipaddr,
+                                  hostname=login.hostname)
         if reply.result == "deny" and reply.status == "sent":
             self.ui.show(for_display(reply.status_msg, limit=STATUS_LINE_LIMIT) or "New SMS passcodes sent.")
             return None
@@ -350,26 +341,25 @@ class Engine:
 
     def _attempt(self, login: Login, pre: Preauth, choice: Choice) -> _Tried:
         """One factor, started and waited for: Duo's verdict."""
-        params = self._common_params(login)
         if choice.factor == "passcode":
-            params.update({"passcode": choice.passcode or "", "async": "0"})
-            reply = parse_auth_result(self.duo.auth(login.identity, "passcode", params), allow_waiting=False)
+            reply = self.duo.check_passcode(login.identity, choice.passcode or "", ipaddr=login.ipaddr,
+                                            hostname=login.hostname)
             return self._judge("passcode", reply, txid=None, device=None)
 
         assert choice.device is not None
-        params.update({"device": choice.device.device, "async": "1"})
         code = None
         if choice.factor == "push":
             # No custom "type": Duo Mobile shows its own wording.
-            pushinfo = self._pushinfo(login)
-            if pushinfo:
-                params["pushinfo"] = pushinfo
+            txid = None
             if self.settings.verified_push:
                 txid, code = self._verified_push(login, pre)
-                if txid:
-                    params["txid"] = txid
             self._pushes += 1
-        started = parse_auth_started(self.duo.auth(login.identity, choice.factor, params))
+            started = self.duo.start_push(login.identity, choice.device.device, ipaddr=login.ipaddr,
+                                          hostname=login.hostname, pushinfo=self._pushinfo(login), txid=txid)
+        else:
+            assert choice.factor == "phone", choice.factor  # SMS is sent by _send_sms, never as an attempt
+            started = self.duo.start_phone(login.identity, choice.device.device, ipaddr=login.ipaddr,
+                                           hostname=login.hostname)
         shown = _Shown(choice.factor, code or started.verification_code)
         if shown.code:
             self._show_code(shown.code)

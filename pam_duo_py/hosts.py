@@ -1,7 +1,18 @@
-"""What differs between the programs that run the PAM stack (sshd, sudo, su, login)."""
+"""What differs between the programs that run the PAM stack (sshd, sudo, su, login).
+
+The differences are decided here, once per login, as a :class:`HostProfile` that the
+front end (PAM module, broker) puts on the login request; nothing else looks at the
+service name to tell the host programs apart.
+"""
 from __future__ import annotations
 
 import os
+
+from .record import Record
+
+# su to root: the user who ran su does Duo, as themselves (duo_unix's rule), and
+# remembered logins are kept per calling uid.
+SU_SERVICES = ("su", "su-l")
 
 # sudo options that take a value (sudo 1.9); anything after them is the command.
 _SUDO_SHORT_WITH_VALUE = set("CDghpRrtTUu")
@@ -9,6 +20,20 @@ _SUDO_LONG_WITH_VALUE = {
     "--close-from", "--chdir", "--group", "--host", "--prompt", "--chroot", "--role", "--type",
     "--command-timeout", "--other-user", "--user",
 }
+
+
+class HostProfile(Record):
+    """What the host program changes about one login."""
+
+    holds_info_messages: bool = False  # sshd: PAM info messages wait for the next prompt
+    caller_does_duo: bool = False  # su: to root the caller does Duo; remembered logins are per calling uid
+    command: str | None = None  # the command being authorised, for pushinfo (sudo's; pam-duo-login's)
+
+
+def profile(service: str, command: str | None = None) -> HostProfile:
+    """The profile of the host program behind ``service``; ``command`` as the front end found it."""
+    return HostProfile(holds_info_messages=holds_info_messages(service), caller_does_duo=service in SU_SERVICES,
+                       command=command)
 
 
 def holds_info_messages(service: str) -> bool:

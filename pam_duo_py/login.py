@@ -1,12 +1,15 @@
 """One login, front to back: local user, groups, Duo identity, the engine, the log.
 
-Shared by the PAM module and the broker; each supplies its own prompter.
+Shared by the PAM module and the broker; each supplies its own prompter and the
+request's :class:`~pam_duo_py.hosts.HostProfile`. :func:`resolve` (who the login is
+for) also serves ``pam-duo-py check --user`` and the admin commands.
 :class:`LoginRequest` is also what the PAM module hands to the broker, so this
 module imports the engine, the config and the Duo client only when a login is
 decided here (:class:`InProcess`, :func:`authenticate`).
 """
 from __future__ import annotations
 
+from .hosts import HostProfile, profile
 from .record import Record
 from .result import Result
 
@@ -14,9 +17,10 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:  # annotations only: a login through the broker never imports these
     from typing import Callable
 
-    from .config import Config, DuoSettings
+    from .config import Config, DuoIdentity, DuoSettings, UsersSettings
     from .engine import Outcome, Prompter
     from .events import EventSink
+    from .users import LocalUser
 
 
 class LoginRequest(Record, hidden=("password", "env_passcode",)):
@@ -27,7 +31,7 @@ class LoginRequest(Record, hidden=("password", "env_passcode",)):
     rhost: str | None = None
     tty: str | None = None
     interactive: bool | None = None  # None: interactive when there is a tty
-    command: str | None = None
+    host: HostProfile | None = None  # None: the profile of ``service``, with no command
     caller_uid: int = 0
     trusted_address: bool = True  # False: rhost is only what an unprivileged client claims
     password: str | None = None
@@ -55,75 +59,90 @@ def _default_duo(settings: DuoSettings):  # type: ignore[no-untyped-def]
     return DuoClient(settings)
 
 
+class Resolved(Record):
+    """Who a login is for: the local user who does Duo and their Duo identity, or why it stops before Duo."""
+
+    person: LocalUser | None = None  # None: no such local user (or the lookup failed)
+    identity: DuoIdentity | None = None  # None: the login stops here (``stop``)
+    stop: Outcome | None = None  # unknown user, exempt, or a user or group lookup that failed
+
+
+def resolve(settings: UsersSettings, user: str, host: HostProfile, caller_uid: int) -> Resolved:
+    """The local user, the su rule, the exemption by ``users.groups`` and the Duo identity, for a login
+    and for ``check --user``. A lookup that fails is never an exemption."""
+    from . import users
+    from .engine import Kind, Outcome
+    from .errors import UserLookupError
+
+    try:
+        target = users.lookup(user)
+        person = users.second_factor_user(host, target, caller_uid) if target else None
+    except UserLookupError as exc:
+        return Resolved(stop=Outcome(Result.SERVICE_ERR, Kind.ERROR, str(exc)))
+    if person is None:
+        return Resolved(stop=Outcome(Result.USER_UNKNOWN, Kind.FAILURE, "unknown local user"))
+    try:
+        identity = users.duo_identity_for(settings, person)
+    except UserLookupError as exc:
+        return Resolved(person, stop=Outcome(Result.SERVICE_ERR, Kind.ERROR, str(exc)))
+    if identity is None:
+        return Resolved(person, stop=Outcome(Result.IGNORE, Kind.EXEMPT, "not in users.groups"))
+    return Resolved(person, identity)
+
+
 def authenticate(config: Config, request: LoginRequest, ui: Prompter, *, sink: EventSink,
                  duo_factory: Callable = _default_duo, hostname: str | None = None) -> Outcome:
     """Decide one login and log the decision. Never raises for expected failures."""
-    from . import users
-    from .engine import Engine, Kind, Login, Outcome
-    from .errors import UserLookupError
+    from .engine import Engine, Login
     from .events import CLAIMED, event
 
     shown_rhost = request.rhost if request.trusted_address or not request.rhost else request.rhost + CLAIMED
+    host = request.host or profile(request.service)
     base = {"user": request.user, "service": request.service, "rhost": shown_rhost, "tty": request.tty}
-    try:
-        target = users.lookup(request.user)
-        person = users.second_factor_user(request.service, target, request.caller_uid) if target else None
-    except UserLookupError as exc:
-        sink.emit(event("error", reason=str(exc), **base))
-        return Outcome(Result.SERVICE_ERR, Kind.ERROR, str(exc))
-    if person is None:
-        outcome = Outcome(Result.USER_UNKNOWN, Kind.FAILURE, "unknown local user")
-        sink.emit(event("failure", reason=outcome.reason, **base))
-        return outcome
-    base["user"] = person.name
-
-    try:
-        identity = users.duo_identity_for(config.users, person)
-    except UserLookupError as exc:
-        sink.emit(event("error", reason=str(exc), **base))
-        return Outcome(Result.SERVICE_ERR, Kind.ERROR, str(exc))
-    if identity is None:
-        sink.emit(event("exempt", reason="not in users.groups", **base))
-        return Outcome(Result.IGNORE, Kind.EXEMPT, "not in users.groups")
-
+    who = resolve(config.users, request.user, host, request.caller_uid)
+    if who.person is not None:
+        base["user"] = who.person.name
+    if who.stop is not None:
+        sink.emit(event(who.stop.kind.value, reason=who.stop.reason, **base))
+        return who.stop
     login = Login(
-        user=person.name,
-        identity=identity,
+        user=who.person.name,
+        identity=who.identity,
         service=request.service,
         interactive=bool(request.tty) if request.interactive is None else request.interactive,
         rhost=shown_rhost,
         ipaddr=ip_literal(request.rhost) if request.trusted_address else None,
         tty=request.tty,
         hostname=hostname or _hostname(),
-        command=request.command,
+        command=host.command,
+        holds_info_messages=host.holds_info_messages,
         password=request.password,
         env_passcode=request.env_passcode,
     )
-    remember, devices = _memory(config, request, sink)
     duo = duo_factory(config.duo)
     try:
-        outcome = Engine(config.auth, duo, ui, remember=remember, devices=devices).run(login)
+        outcome = Engine(config.auth, duo, ui, **_stores(config, request.caller_uid, sink)).run(login)
     finally:
         facts = _duo_facts(duo)  # before close(): a pooled client goes back to serve other logins
         duo.close()
-    sink.emit(event(outcome.kind.value, duo_user=str(identity), factor=outcome.factor, txid=outcome.txid,
+    sink.emit(event(outcome.kind.value, duo_user=str(who.identity), factor=outcome.factor, txid=outcome.txid,
                     reason=outcome.reason, duo_status=outcome.duo_status, **facts, **base))
     return outcome
 
 
-def _memory(config: Config, request: LoginRequest, sink: EventSink) -> tuple:
-    """The remembered logins and preferred devices the config asks for (each None when not)."""
-    remember = devices = None
+def _stores(config: Config, caller_uid: int, sink: EventSink) -> dict:
+    """The remembered logins and preferred devices the config asks for, as the engine's keywords."""
+    stores: dict = {}
     if config.remember.seconds > 0 or config.auth.preferred_device:
         from .state import PreferredDevices, Remember
 
         if config.remember.seconds > 0:
-            remember = Remember(config.remember.state_dir, config.remember.seconds,
-                                config.remember.services_without_address, on_problem=sink.error,
-                                caller_uid=request.caller_uid)
+            stores["remember"] = Remember(config.remember.state_dir, config.remember.seconds,
+                                          config.remember.services_without_address, on_problem=sink.error,
+                                          caller_uid=caller_uid)
         if config.auth.preferred_device:
-            devices = PreferredDevices(config.remember.state_dir, on_problem=sink.error)
-    return remember, devices
+            stores["devices"] = PreferredDevices(config.remember.state_dir, on_problem=sink.error)
+    return stores
 
 
 def _hostname() -> str:

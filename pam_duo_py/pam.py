@@ -175,11 +175,12 @@ def login_request(pamh: Any) -> LoginRequest | None:
         return None
     if not isinstance(user, str) or not user:
         return None
-    from .hosts import command_for
+    from .hosts import command_for, profile
 
     service = _item(pamh, "service") or ""
     return LoginRequest(user=user, service=service, rhost=_item(pamh, "rhost"), tty=_item(pamh, "tty"),
-                        command=command_for(service), password=_item(pamh, "authtok"), caller_uid=os.getuid())
+                        host=profile(service, command_for(service)), password=_item(pamh, "authtok"),
+                        caller_uid=os.getuid())
 
 
 def _authenticate(pamh: Any, flags: int, argv: list[str], choose: Any = None) -> int:
@@ -192,10 +193,8 @@ def _authenticate(pamh: Any, flags: int, argv: list[str], choose: Any = None) ->
     request = login_request(pamh)
     if request is None:
         return _code(pamh, "USER_UNKNOWN")
-    from .hosts import holds_info_messages
-
     silent = bool(flags & PAM_SILENT) if isinstance(flags, int) else False
-    ui = PamPrompter(pamh, silent=silent, holds_info=holds_info_messages(request.service))
+    ui = PamPrompter(pamh, silent=silent, holds_info=request.host.holds_info_messages)
     backend = (choose or choose_backend)(conf, debug)
     return _code(pamh, backend.authenticate(request, ui).pam_name)
 

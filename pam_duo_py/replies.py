@@ -7,10 +7,14 @@ reply that has the shape but a ``result`` we do not know raises
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol, Sequence
 
 from .record import Record
 from .errors import DuoMalformedReply, DuoUnknownAnswer
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from .config import DuoIdentity
 
 CAPABILITIES = ("push", "phone", "sms", "mobile_otp")
 
@@ -135,3 +139,34 @@ def parse_time(reply: Any) -> int:
     if not isinstance(value, int) or isinstance(value, bool):
         raise DuoMalformedReply("reply has no integer 'time'")
     return value
+
+
+class DuoApi(Protocol):
+    """What the decision engine asks of Duo: typed calls in, reply objects out.
+
+    The real one is :class:`pam_duo_py.duo.DuoClient` (which owns Duo's parameter names and the
+    wire); unit tests use a fake. ``ipaddr`` and ``hostname`` describe the login and are sent
+    when known. Every failure is a :class:`pam_duo_py.errors.DuoError`.
+    """
+
+    def preauth(self, identity: DuoIdentity, *, ipaddr: str | None, hostname: str | None,
+                verified_push: bool) -> Preauth: ...
+
+    def start_push(self, identity: DuoIdentity, device: str, *, ipaddr: str | None, hostname: str | None,
+                   pushinfo: Sequence[tuple[str, str]] = (), txid: str | None = None) -> AuthStarted:
+        """An asynchronous push; ``pushinfo`` is shown in Duo Mobile, ``txid`` is a Verified Push preauth's."""
+
+    def start_phone(self, identity: DuoIdentity, device: str, *, ipaddr: str | None,
+                    hostname: str | None) -> AuthStarted: ...
+
+    def check_passcode(self, identity: DuoIdentity, passcode: str, *, ipaddr: str | None,
+                       hostname: str | None) -> AuthResult: ...
+
+    def send_sms(self, identity: DuoIdentity, device: str | None, *, ipaddr: str | None,
+                 hostname: str | None) -> AuthResult:
+        """New SMS passcodes to ``device`` (None: Duo's choice); Duo answers ``deny``/``sent``."""
+
+    def auth_status(self, txid: str, timeout: float) -> AuthResult:
+        """Long-polls until the transaction changes; ``timeout`` bounds the wait."""
+
+    def close(self) -> None: ...

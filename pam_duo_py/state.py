@@ -28,11 +28,11 @@ from typing import Any, Callable
 
 from . import files
 from .errors import FileRuleError
+from .hosts import SU_SERVICES as CALLER_SERVICES  # remembered per calling uid
 
 REMEMBER_FILE = "remember.json"
 DEVICES_FILE = "devices.json"
 MAX_ENTRIES = 10000
-CALLER_SERVICES = ("su", "su-l")  # remembered per calling uid
 LOCK_WAIT = 1.0  # seconds: the longest a login waits for another one's state lock
 
 

@@ -7,6 +7,9 @@
 #   sudo scripts/install.sh --with-pam-examples
 #                                        also copy the example PAM services and sshd
 #                                        snippets to /usr/local/share/pam_duo_py/
+#   sudo scripts/install.sh --with-simulator
+#                                        also install the local Duo simulator (pam_duo_sim,
+#                                        `pam-duo-py simulate`): a test and demo tool
 #
 # See --help for what goes where. This script never edits an existing PAM stack.
 set -euo pipefail
@@ -39,6 +42,9 @@ EXAMPLE_CONFIG=$REPO/etc/pam_duo.toml
 SHARE_DIR=/usr/local/share/pam_duo_py
 EXAMPLE_DIRS=(pam.d sshd_config.d)
 WITH_EXAMPLES=0
+# --with-simulator: pam_duo_sim goes into the library too (a test and demo tool; without the
+# flag an install or update leaves it out, and removes one an earlier run installed).
+WITH_SIMULATOR=0
 FORCE=0
 # Where PAM services and sshd name the entry file or the ForceCommand wrapper (see --uninstall).
 PAM_DIR=/etc/pam.d
@@ -52,14 +58,15 @@ POLICY_RC_CREATED=0
 
 usage() {
     cat <<EOF
-Usage: scripts/install.sh [--with-pam-examples] [--uninstall [--force]] [--help]
+Usage: scripts/install.sh [--with-pam-examples] [--with-simulator] [--uninstall [--force]] [--help]
 
 Installs pam_duo_py for /usr/bin/python3 (the Python that pam_python.so embeds).
 Run it as root from a checkout of the repository; running it again is safe.
 
   Debian packages   ${DEB_PACKAGES[*]} (only when missing)
-  $LIB_DIR   the pam_duo_py package and the pinned duo-client
-                    (requirements.lock), byte-compiled
+  $LIB_DIR   the packages pam_duo_py (the runtime: PAM module,
+                    wrapper, broker) and pam_duo_tools (the commands), and
+                    the pinned duo-client (requirements.lock), byte-compiled
   $ENTRY   the file named on the PAM line
   $CMD_CLI, $CMD_LOGIN
                     the admin command and the ForceCommand wrapper
@@ -75,6 +82,10 @@ yourself (see README.md for the two supported stacks).
                 sudo-i, su, su-l, login) and sshd snippets (etc/sshd_config.d)
                 to $SHARE_DIR/{pam.d,sshd_config.d}/ for you to
                 review and copy; /etc/pam.d and /etc/ssh are not touched
+  --with-simulator
+                also install pam_duo_sim, the local Duo simulator behind
+                "pam-duo-py simulate" (a test and demo tool, not for
+                production hosts; an install without this flag leaves it out)
   --uninstall   remove what this script installed. The config file is kept
                 when it differs from the shipped example. Debian packages are
                 left installed. Refused while a file in $PAM_DIR, $SSHD_CONFIG
@@ -319,6 +330,12 @@ do_install() {
     [[ -f $REPO/requirements.lock ]] || die "$REPO/requirements.lock not found"
     [[ -f $REPO/pam_duo_py/__init__.py ]] || die "$REPO/pam_duo_py/__init__.py not found"
     [[ -f $REPO/pam_duo_py/pam_entry.py ]] || die "$REPO/pam_duo_py/pam_entry.py not found"
+    [[ -f $REPO/pam_duo_tools/cli.py ]] || die "$REPO/pam_duo_tools/cli.py not found"
+    local packages=(pam_duo_py pam_duo_tools)
+    if [[ $WITH_SIMULATOR == 1 ]]; then
+        [[ -f $REPO/pam_duo_sim/simulator.py ]] || die "$REPO/pam_duo_sim/simulator.py not found"
+        packages+=(pam_duo_sim)
+    fi
 
     check_path_secure "$(dirname -- "$PREFIX")"
     check_path_secure "$BIN_DIR"
@@ -352,7 +369,7 @@ do_install() {
     local f
     while IFS= read -r -d '' f; do
         install -D -m 0644 -- "$REPO/$f" "$STAGE/$f"
-    done < <(cd -- "$REPO" && find pam_duo_py -name __pycache__ -prune -o -type f -name '*.py' -print0)
+    done < <(cd -- "$REPO" && find "${packages[@]}" -name __pycache__ -prune -o -type f -name '*.py' -print0)
 
     if [[ -n $(find "$STAGE" -type l -print -quit) ]]; then
         die "unexpected symbolic link in the library tree"
@@ -382,6 +399,9 @@ do_install() {
         note "created    $LIB_DIR"
     fi
     NEW_MANIFEST+=("dir $LIB_DIR")
+    if [[ $WITH_SIMULATOR == 1 ]]; then
+        note "simulator  $LIB_DIR/pam_duo_sim (pam-duo-py simulate: for tests and demos only)"
+    fi
 
     # 3. The PAM entry file and the two commands.
     local state tmpd
@@ -390,7 +410,7 @@ do_install() {
     NEW_MANIFEST+=("file $ENTRY")
 
     tmpd=$(mktemp -d)
-    write_command "$tmpd/cli" pam-duo-py "pam_duo_py.cli"
+    write_command "$tmpd/cli" pam-duo-py "pam_duo_tools.cli"
     write_command "$tmpd/login" pam-duo-login "pam_duo_py.wrapper"
     state=$(install_file "$tmpd/cli" "$CMD_CLI" 755)
     note "$(printf '%-10s %s' "$state" "$CMD_CLI")"
@@ -580,6 +600,7 @@ main() {
         case $1 in
             --uninstall) mode=uninstall ;;
             --with-pam-examples) WITH_EXAMPLES=1 ;;
+            --with-simulator) WITH_SIMULATOR=1 ;;
             --force) FORCE=1 ;;
             -h|--help) usage; exit 0 ;;
             *) printf 'install.sh: unknown argument: %s\n\n' "$1" >&2; usage >&2; exit 2 ;;

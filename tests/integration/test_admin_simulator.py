@@ -13,13 +13,13 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from pam_duo_py import cli  # noqa: E402
-from pam_duo_py.admin_api import AdminApi, admin_transport  # noqa: E402
-from pam_duo_py.admin_config import load_admin_config  # noqa: E402
+from pam_duo_tools import cli  # noqa: E402
+from pam_duo_tools.admin_api import AdminApi, admin_transport  # noqa: E402
+from pam_duo_tools.admin_config import load_admin_config  # noqa: E402
 from pam_duo_py.config import DuoIdentity  # noqa: E402
 from pam_duo_py.duo import DuoClient  # noqa: E402
 from pam_duo_py.errors import DuoCredentialsRejected, DuoRefused  # noqa: E402
-from pam_duo_py.simulator import Simulator  # noqa: E402
+from pam_duo_sim.simulator import Simulator  # noqa: E402
 
 pytestmark = pytest.mark.integration
 
@@ -145,16 +145,16 @@ def test_bypass_codes_log_in_exactly_their_uses_and_are_never_logged(sim, conf, 
     assert len(codes) == 2 and codes[0].startswith("0") and all(len(c) == 9 and c.isdigit() for c in codes)
     duo = DuoClient(load_config_settings(sim))
     identity = DuoIdentity(username="onedevice")
-    results = [duo.auth(identity, "passcode", {"passcode": codes[0]})["result"] for _ in range(3)]
+    results = [duo.check_passcode(identity, codes[0], ipaddr=None, hostname=None).result for _ in range(3)]
     assert results == ["allow", "allow", "deny"]
     # a later batch keeps the earlier codes (preserve_existing)
     code, out, _ = run(capsys, "-c", config, "--admin-config", admin(sim), "admin", "bypass-code", "root", "--yes")
-    assert duo.auth(identity, "passcode", {"passcode": codes[1]})["result"] == "allow"
+    assert duo.check_passcode(identity, codes[1], ipaddr=None, hostname=None).result == "allow"
     # expired codes are refused
     (new,) = [line.strip() for line in out.splitlines() if line.startswith("  ")]
     for entry in sim.admin._codes[next(iter(u for u, v in sim.admin.users.items() if v["username"] == "onedevice"))]:
         entry["expires"] = sim.now() - 1
-    assert duo.auth(identity, "passcode", {"passcode": new})["result"] == "deny"
+    assert duo.check_passcode(identity, new, ipaddr=None, hostname=None).result == "deny"
     duo.close()
     audit_text = (tmp_path / "audit.jsonl").read_text()
     records = [json.loads(line) for line in audit_text.splitlines()]

@@ -1,7 +1,7 @@
-"""pam_duo_py.duo.DuoClient over real HTTPS against the in-process simulator.
+"""pam_duo_py.duo.DuoClient over real HTTPS (pam_duo_py.transport) against the in-process simulator.
 
-What the Duo client layer promises (docs/behaviour.md §4, §5 and the module docstring of
-pam_duo_py.duo): signatures Duo accepts, the CA always pinned, the environment
+What the Duo client layer promises (docs/behaviour.md §4, §5 and the module docstrings of
+pam_duo_py.duo and pam_duo_py.transport): signatures Duo accepts, the CA always pinned, the environment
 never read, the proxy only from the config, one overall deadline per call
 (connect, TLS and every read included), failover between addresses inside that
 deadline, 429 waits that fit into the deadline, every failure mapped to the
@@ -30,7 +30,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from pam_duo_py import duo as duo_module  # noqa: E402
+from pam_duo_py import transport as transport_module  # noqa: E402
 from pam_duo_py.config import DuoIdentity, DuoSettings, Proxy  # noqa: E402
 from pam_duo_py.duo import DuoClient  # noqa: E402
 from pam_duo_py.errors import (  # noqa: E402
@@ -43,7 +43,7 @@ from pam_duo_py.errors import (  # noqa: E402
     DuoUnavailable,
     DuoUnknownAnswer,
 )
-from pam_duo_py.simulator import PHONE1, Simulator  # noqa: E402
+from pam_duo_sim.simulator import PHONE1, Simulator  # noqa: E402
 
 pytestmark = pytest.mark.integration
 
@@ -156,9 +156,9 @@ def preauth(c: DuoClient, name: str):
 
 
 def push(c: DuoClient, name: str) -> str:
-    reply = c.auth(who(name), "push", {"device": PHONE1["device"], "async": "1"})
-    assert isinstance(reply.get("txid"), str) and reply["txid"], reply
-    return reply["txid"]
+    started = c.start_push(who(name), PHONE1["device"], ipaddr=None, hostname=None)
+    assert isinstance(started.txid, str) and started.txid, started
+    return started.txid
 
 
 class Listeners:
@@ -254,8 +254,8 @@ def test_real_signatures_accepted(client, sim: Simulator) -> None:
     assert pre.result == "auth"
     assert [d.device for d in pre.devices][:2] == ["DPFZRS9FB0D46QFTM891", "DPFZRS9FB0D46QFTM892"]
     assert "push" in pre.devices[0].capabilities
-    passcode = c.auth(who(name), "passcode", {"passcode": "123456", "async": "0"})
-    assert passcode["result"] == "allow", passcode
+    passcode = c.check_passcode(who(name), "123456", ipaddr=None, hostname=None)
+    assert passcode.result == "allow", passcode
     txid = push(c, name)
     status = c.auth_status(txid, timeout=5)
     assert (status.result, status.status) == ("allow", "allow")
@@ -544,12 +544,12 @@ def test_failover_first_address_dead_patched_resolver(first: str, monkeypatch, l
     real = socket.getaddrinfo
 
     def fake(host, port, *args, **kwargs):
-        if host == "localhost" and port == sim.port:
+        if host in ("localhost", b"localhost") and port == sim.port:
             return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", dead),
                     (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", sim.port))]
         return real(host, port, *args, **kwargs)
 
-    monkeypatch.setattr(duo_module.socket, "getaddrinfo", fake)
+    monkeypatch.setattr(transport_module.socket, "getaddrinfo", fake)
     c = client(timeout=2)
     result, elapsed = timed(lambda: preauth(c, uniq("allow")))
     assert not isinstance(result, BaseException), result
@@ -628,7 +628,7 @@ def test_other_4xx_refused(client) -> None:
         c.call("GET", "/auth/v2/nope", {})
     assert excinfo.value.status == 404
     with pytest.raises(DuoRefused) as excinfo:  # 400 at /auth for a preauth-allow user
-        c.auth(who(uniq("allow")), "push", {"device": "auto", "async": "1"})
+        c.start_push(who(uniq("allow")), "auto", ipaddr=None, hostname=None)
     assert excinfo.value.status == 400
 
 
@@ -671,8 +671,8 @@ def test_reconnects_after_server_closed_idle_connection(client, sim: Simulator) 
         except OSError:
             pass
     # Wait (on the socket, not the clock) until the hang-up has reached the client.
-    select.select([c._auth._conn.sock.fileno()], [], [], 5)
-    assert c.auth(who(name), "passcode", {"passcode": "123456", "async": "0"})["result"] == "allow"
+    select.select([c.fileno()], [], [], 5)
+    assert c.check_passcode(who(name), "123456", ipaddr=None, hostname=None).result == "allow"
     assert c.connections_opened == 2
 
 
@@ -683,6 +683,6 @@ def test_request_lost_after_sending_is_never_sent_twice(client, sim: Simulator) 
     assert preauth(c, name).result == "auth"
     mark = log_mark(sim)
     with pytest.raises(DuoUnavailable):
-        c.auth(who(name), "push", {"device": "auto", "async": "1"})
+        c.start_push(who(name), "auto", ipaddr=None, hostname=None)
     auths = [r for r in log_since(sim, mark) if r.get("event") == "request" and r.get("path") == "/auth/v2/auth"]
     assert len(auths) == 1

@@ -15,7 +15,7 @@ import pytest
 from pam_duo_py.broker_server import ClientPool
 from pam_duo_py.config import DuoIdentity, DuoSettings
 from pam_duo_py.duo import DuoClient
-from pam_duo_py.simulator import Simulator
+from pam_duo_sim.simulator import Simulator
 
 pytestmark = pytest.mark.integration
 

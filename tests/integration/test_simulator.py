@@ -29,7 +29,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from pam_duo_py.simulator import Simulator  # noqa: E402
+from pam_duo_sim.simulator import Simulator  # noqa: E402
 
 pytestmark = [
     pytest.mark.integration,
@@ -412,7 +412,7 @@ def _read_lines(fd: int, count: int, timeout: float) -> List[str]:
 def test_cli(tmp_path: pathlib.Path) -> None:
     state = tmp_path / "cli-state"
     code = (f"import sys; sys.path.insert(0, {str(ROOT)!r}); "
-            "from pam_duo_py.simulator import main; sys.exit(main(sys.argv[1:]))")
+            "from pam_duo_sim.simulator import main; sys.exit(main(sys.argv[1:]))")
     proc = subprocess.Popen(["/usr/bin/python3", "-I", "-c", code, "--state-dir", str(state),
                              "--port", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
@@ -545,7 +545,7 @@ def v1_request(sim: Simulator, method: str, path: str, params: Dict[str, str], s
     import base64
     import hashlib
     import hmac
-    from pam_duo_py.simulator import canon_params
+    from pam_duo_sim.simulator import canon_params
     qs = canon_params(list(params.items()))
     canon = "\n".join([method, "localhost", path, qs])
     sig = hmac.new((skey or sim.skey).encode(), canon.encode(), hashlib.sha1).hexdigest()

@@ -44,7 +44,7 @@ if PACKAGE:
     LOGIN = Path("/usr/bin/pam-duo-login")
     # The simulator is not in the package: run it from this checkout.
     SIMULATE = ["/usr/bin/python3", "-I", "-c",
-                f"import sys; sys.path.insert(0, {str(REPO)!r}); from pam_duo_py.simulator import main; "
+                f"import sys; sys.path.insert(0, {str(REPO)!r}); from pam_duo_sim.simulator import main; "
                 "sys.exit(main(sys.argv[1:]))"]
 else:
     PREFIX = Path("/usr/local/lib/pam_duo_py")
@@ -231,8 +231,13 @@ class Installed:
     output: str = ""
 
 
-def run_install(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    """Run scripts/install.sh from the repository root (installs the working tree)."""
+def run_install(*args: str, check: bool = True, simulator: bool = True) -> subprocess.CompletedProcess:
+    """Run scripts/install.sh from the repository root (installs the working tree).
+
+    An install or update includes the simulator (``--with-simulator``) unless ``simulator=False``:
+    the tests run it from the installed tree."""
+    if simulator and "--uninstall" not in args:
+        args = ("--with-simulator", *args)
     proc = subprocess.run(
         ["bash", str(INSTALL_SH), *args], cwd=REPO, env=_admin_env(),
         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,

@@ -37,7 +37,7 @@ LOCK_TIMEOUT = 600.0
 EXAMPLES = REPO / "etc" / "pam.d"
 PAM_LINE = f"pam_python.so {ENTRY}"
 
-# short name -> Duo user the simulator plays (see pam_duo_py/simulator.py)
+# short name -> Duo user the simulator plays (see pam_duo_sim/simulator.py)
 HOST_USERS = ("alice", "bob", "allow", "deny", "enroll", "pushdeny", "vpush", "vpushmobile", "pushtimeout",
               "tokenonly")
 USER_PREFIX = "pdt-host-"

@@ -94,15 +94,17 @@ def test_lib_tree_owners_and_modes(installed):
         assert stat.S_IMODE(st.st_mode) == expected, f"{p}: mode {stat.S_IMODE(st.st_mode):o}"
 
 
-def test_lib_holds_the_working_tree_and_duo_client(installed):
-    repo_pkg = REPO / "pam_duo_py"
+# The runtime, the operator's commands and (the tests install with --with-simulator) the simulator.
+@pytest.mark.parametrize("package", ["pam_duo_py", "pam_duo_tools", "pam_duo_sim"])
+def test_lib_holds_the_working_tree_and_duo_client(installed, package):
+    repo_pkg = REPO / package
     sources = sorted(p.relative_to(repo_pkg) for p in repo_pkg.rglob("*.py")
                      if "__pycache__" not in p.parts)
     assert sources, "no package sources in the checkout"
     for rel in sources:
-        assert (LIB_DIR / "pam_duo_py" / rel).read_bytes() == (repo_pkg / rel).read_bytes(), rel
-    installed_sources = sorted(p.relative_to(LIB_DIR / "pam_duo_py")
-                               for p in (LIB_DIR / "pam_duo_py").rglob("*")
+        assert (LIB_DIR / package / rel).read_bytes() == (repo_pkg / rel).read_bytes(), rel
+    installed_sources = sorted(p.relative_to(LIB_DIR / package)
+                               for p in (LIB_DIR / package).rglob("*")
                                if p.is_file() and "__pycache__" not in p.parts)
     assert installed_sources == sources, "only the package's *.py files are installed"
     assert (LIB_DIR / "duo_client" / "__init__.py").is_file()
@@ -110,7 +112,7 @@ def test_lib_holds_the_working_tree_and_duo_client(installed):
     assert list(LIB_DIR.glob("duo_client-5.7.0.dist-info")), "duo-client 5.7.0 expected"
 
 
-@pytest.mark.parametrize("package", ["pam_duo_py", "duo_client"])
+@pytest.mark.parametrize("package", ["pam_duo_py", "pam_duo_tools", "pam_duo_sim", "duo_client"])
 def test_byte_compiled_for_the_system_python(installed, package):
     sources = [p for p in (LIB_DIR / package).rglob("*.py") if "__pycache__" not in p.parts]
     assert sources
@@ -134,7 +136,7 @@ def test_system_python_imports_without_writing_bytecode(installed, tmp_path):
     assert _snapshot() == before
 
 
-@pytest.mark.parametrize("command, module", [(CLI, "pam_duo_py.cli"), (LOGIN, "pam_duo_py.wrapper")])
+@pytest.mark.parametrize("command, module", [(CLI, "pam_duo_tools.cli"), (LOGIN, "pam_duo_py.wrapper")])
 def test_commands(installed, command, module):
     assert command.is_file() and not command.is_symlink()
     assert _mode(command) == 0o755
@@ -148,7 +150,7 @@ def test_commands(installed, command, module):
 
 
 def test_cli_help_runs_under_clean_env(installed):
-    # Needs pam_duo_py/cli.py in the checkout.
+    # Needs pam_duo_tools/cli.py in the checkout.
     proc = subprocess.run([str(CLI), "--help"], env=clean_env(), stdin=subprocess.DEVNULL,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=30)
     assert proc.returncode == 0, proc.stdout
@@ -216,6 +218,24 @@ def test_rerun_repairs_a_changed_library_file(installed):
     for extra in extras:
         assert not extra.exists(), f"{extra} survived a reinstall"
     assert _snapshot() == before
+
+
+def test_simulator_only_with_its_flag(installed):
+    """Without --with-simulator the library holds the runtime and the commands, not the simulator."""
+    try:
+        proc = run_install(simulator=False)
+        assert "simulator" not in proc.stdout.split("pam_duo_py installed:")[-1]
+        assert (LIB_DIR / "pam_duo_py" / "pam.py").is_file()
+        assert (LIB_DIR / "pam_duo_tools" / "cli.py").is_file()
+        assert not (LIB_DIR / "pam_duo_sim").exists()
+        sim = subprocess.run([str(CLI), "simulate", "--help"], env=clean_env(), stdin=subprocess.DEVNULL,
+                             capture_output=True, text=True, timeout=30)
+        assert sim.returncode == 1 and "not installed" in sim.stderr and "Traceback" not in sim.stderr
+        assert "--with-simulator" in sim.stderr
+    finally:
+        proc = run_install()
+    assert "pam-duo-py simulate" in proc.stdout
+    assert (LIB_DIR / "pam_duo_sim" / "simulator.py").is_file()
 
 
 def test_existing_config_is_never_overwritten(installed):

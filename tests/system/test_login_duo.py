@@ -3,7 +3,7 @@ protocol as Duo's code reads it, not only as ours does.
 
 Debian 12 packages duo_unix 1.11.3 as ``login-duo`` (scripts/test installs it). That
 ``login_duo`` speaks the REST v1 API (form-encoded, HMAC-SHA1 signed, BSON replies), which the
-simulator serves from the same scripted users (pam_duo_py/simulator_v1.py). It is run as root
+simulator serves from the same scripted users (pam_duo_sim/simulator_v1.py). It is run as root
 with ``-c`` (its INI config, ``cafile`` = the simulator's CA) and ``-f`` (the Duo user).
 """
 from __future__ import annotations

@@ -70,10 +70,12 @@ def test_install_layout_versioned_library_compiled_with_checked_hashes(installed
     assert _entry_lib_dir() == str(LIB_ROOT / VERSION)
     files = subprocess.run(["dpkg", "-L", debkit.PACKAGE_NAME], capture_output=True, text=True,
                            check=True).stdout.split()
-    assert not any("/simulator" in f for f in files)
+    assert not any("/simulator" in f or "/pam_duo_sim" in f for f in files)  # a test and demo tool only
+    assert f"/usr/lib/pam-duo-py/{VERSION}/pam_duo_tools/cli.py" in files  # the operator's commands ship
     assert not any("__pycache__" in f for f in files)  # postinst compiles for this machine's Python
     pycs = list((LIB_ROOT / VERSION / "pam_duo_py" / "__pycache__").glob("*.pyc"))
     assert pycs
+    pycs += list((LIB_ROOT / VERSION / "pam_duo_tools" / "__pycache__").glob("*.pyc"))
     for pyc in pycs:
         flags = int.from_bytes(pyc.read_bytes()[4:8], "little")
         assert flags == 0b11, f"{pyc}: not a checked-hash pyc (flags {flags})"

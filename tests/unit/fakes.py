@@ -1,6 +1,6 @@
 """Test doubles for the unit layer: a scripted Duo, a scripted user, a pam_python handle.
 
-* :class:`FakeDuo` implements :class:`pam_duo_py.duo.DuoApi` from a script and records every
+* :class:`FakeDuo` implements :class:`pam_duo_py.replies.DuoApi` from a script and records every
   call with its arguments, so tests can assert what was (and was not) sent to Duo.
 * :class:`FakePrompter` implements the engine's ``Prompter`` from a list of answers.
 * :class:`FakePamh` mimics pam_python's handle with the real Linux-PAM constants. Formatting
@@ -14,6 +14,7 @@ import struct
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from pam_duo_py.duo import AuthCalls
 from pam_duo_py.errors import ConversationError
 from pam_duo_py.replies import AuthResult, Preauth
 
@@ -70,8 +71,12 @@ PASSCODE_BAD = {"result": "deny", "status": "deny", "status_msg": "Incorrect pas
 SMS_SENT = {"result": "deny", "status": "sent", "status_msg": "New SMS passcodes sent."}
 
 
-class FakeDuo:
-    """A scripted :class:`~pam_duo_py.duo.DuoApi`.
+class FakeDuo(AuthCalls):
+    """A scripted :class:`~pam_duo_py.replies.DuoApi`.
+
+    The typed ``/auth`` calls (``start_push``, ``check_passcode``...) are the real client's
+    (:class:`pam_duo_py.duo.AuthCalls`): they build Duo's parameters and parse the reply, so a
+    script speaks Duo's wire format and the tests see exactly what would be sent.
 
     ``preauth``: a :class:`Preauth` to return or an exception instance to raise.
     ``auth``: a list consumed one entry per ``auth`` call; each entry is a dict to return,
@@ -110,7 +115,11 @@ class FakeDuo:
             raise self.preauth_reply
         return self.preauth_reply
 
+    def _auth_call(self, identity, factor, params):
+        return self.auth(identity, factor, params)
+
     def auth(self, identity, factor, params):
+        """One raw ``/auth`` call: recorded, answered from the script (a dict, as Duo's JSON)."""
         assert isinstance(params, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in params.items()), params
         self._record("auth", identity=identity, factor=factor, params=dict(params))
         if self.auth_script:

@@ -8,9 +8,10 @@ import os
 
 import pytest
 
-from pam_duo_py import admin_api, admin_cli, audit, events, users
-from pam_duo_py.admin_api import LOCKED_OUT_STATES, STATES, AdminApi, DuoDirectory, classify, readiness_json
-from pam_duo_py.admin_config import load_admin_config, parse_admin_config
+from pam_duo_py import events, users
+from pam_duo_tools import admin_api, admin_cli, audit
+from pam_duo_tools.admin_api import LOCKED_OUT_STATES, STATES, AdminApi, DuoDirectory, classify, readiness_json
+from pam_duo_tools.admin_config import load_admin_config, parse_admin_config
 from pam_duo_py.config import DuoIdentity, UsersSettings, parse_config
 from pam_duo_py.errors import ConfigError, DuoMalformedReply, DuoRefused, FileRuleError
 
@@ -358,7 +359,7 @@ def test_admin_api_module_is_never_imported_by_the_login_path():
     import ast
     import pathlib
 
-    package = pathlib.Path(admin_api.__file__).parent
+    package = pathlib.Path(events.__file__).parent  # the runtime package
     for name in ("pam.py", "pam_entry.py", "broker_protocol.py", "broker_client.py", "broker_trust.py",
                  "broker_server.py", "result.py", "wrapper.py", "login.py", "engine.py", "duo.py", "config.py"):
         tree = ast.parse((package / name).read_text())
@@ -368,7 +369,7 @@ def test_admin_api_module_is_never_imported_by_the_login_path():
 
 
 def test_metrics_skip_admin_actions():
-    from pam_duo_py import metrics
+    from pam_duo_tools import metrics
 
     counts = metrics.new_counts()
     metrics.count(counts, events.event("admin", user="a", reason="issued 1 bypass code"))

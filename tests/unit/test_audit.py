@@ -14,8 +14,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from pam_duo_py import cli  # noqa: E402
-from pam_duo_py.audit import AuditReader, parse_duration, read_summary, summarise  # noqa: E402
+from pam_duo_tools import cli  # noqa: E402
+from pam_duo_tools.audit import AuditReader, parse_duration, read_summary, summarise  # noqa: E402
 from pam_duo_py.events import OUTCOMES, event  # noqa: E402
 
 HOUR = 3600.0

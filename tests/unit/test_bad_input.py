@@ -13,7 +13,7 @@ Property tests (hypothesis) of what goes in and what must come out:
   ``parse_config`` returns a valid Config or raises ConfigError, nothing else (docs/behaviour.md §4);
 * ``map_file`` text: ``parse_map_file`` never raises and keeps only well-formed lines;
 * every Duo reply, as raw HTTP status and body, through the real client layer
-  (``DuoClient`` with its transport replaced) and through the engine: typed results or a
+  (``DuoClient`` with a function as its transport) and through the engine: typed results or a
   DuoError, never a crash, never a control character on the terminal or in the log.
 
 Complements test_answers.py (parse_answer), test_events.py (syslog_line) and
@@ -41,11 +41,12 @@ from pam_duo_py import login as login_mod
 from pam_duo_py import pam
 from pam_duo_py.config import AuthSettings, Config, DuoIdentity, DuoSettings, parse_config, parse_map_file
 from pam_duo_py.duo import DuoClient
+from pam_duo_py.transport import RateLimitWaits
 from pam_duo_py.engine import Engine, Kind, Login, Outcome, Result
 from pam_duo_py.errors import ConfigError, DuoError, FileRuleError
 from pam_duo_py.events import event, syslog_line
 from pam_duo_py.pam import pam_sm_authenticate
-from pam_duo_py.replies import AuthResult, Device, Preauth
+from pam_duo_py.replies import AuthResult, AuthStarted, Device, Preauth
 
 try:
     ME = pwd.getpwuid(os.geteuid()).pw_name
@@ -402,19 +403,6 @@ def test_map_file_lines(lines, newline):
 
 # -- Duo replies as raw HTTP -------------------------------------------------------------------
 
-class RawResponse:
-    """What http.client would hand to duo-client: a status, a reason, headers."""
-
-    def __init__(self, status: int, reason: str, headers: dict[str, str]) -> None:
-        self.status = status
-        self.reason = reason
-        self._headers = headers
-        self.will_close = False
-
-    def getheader(self, name, default=None):
-        return self._headers.get(name, default)
-
-
 json_scalars = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=30)
 json_values = st.recursive(json_scalars, lambda inner: st.lists(inner, max_size=4)
                            | st.dictionaries(st.text(max_size=10), inner, max_size=4), max_leaves=20)
@@ -440,29 +428,30 @@ bodies = st.one_of(
                      b'{"stat": "OK"}', b'{"stat": "OK", "response": ' + b"9" * 5000 + b"}"]),
 )
 statuses = st.sampled_from([200, 200, 200, 400, 401, 403, 404, 429, 500, 502, 503, 504, 301, 204, 999, 100])
-headers = st.fixed_dictionaries({}, optional={"Date": st.sampled_from(["Mon, 01 Dec 2025 20:00:00 GMT", "garbage",
-                                                                      "Thu, 01 Jan 1970 00:00:00 -0000", ""]),
-                                              "Retry-After": st.sampled_from(["0", "1", "99999", "-1", "soon", ""])})
+headers = st.fixed_dictionaries({}, optional={"date": st.sampled_from(["Mon, 01 Dec 2025 20:00:00 GMT", "garbage",
+                                                                      "Thu, 01 Jan 1970 00:00:00 -0000", "",
+                                                                      "Mon, 99 Dec 2025 20:00:00 GMT"]),
+                                              "retry-after": st.sampled_from(["0", "1", "99999", "-1", "soon", ""])})
 SETTINGS = DuoSettings(ikey="DIABCDEFGHIJKLMNOPQR", skey=SKEY, host="api-test.duosecurity.com", port=None,
                        ca_file=None, proxy=None, timeout=5.0)
 
 
 def raw_client(data) -> tuple[DuoClient, list]:
-    """A real DuoClient whose transport answers with random statuses, headers and bodies."""
+    """A real DuoClient (429 waits included) whose transport, a function, answers with random statuses,
+    headers and bodies."""
     clock = fakes.FakeClock()
-    client = DuoClient(SETTINGS, clock=clock, sleep=clock.sleep)
     sent: list = []
 
-    def send(method, uri, body, hdrs):
-        sent.append((method, uri, body))
-        return RawResponse(data.draw(statuses), data.draw(st.sampled_from(["OK", "Bad", "\x1b[2J"])),
-                           data.draw(headers)), data.draw(bodies)
+    def send(method, host, path, hdrs, body, deadline):
+        sent.append((method, path, body))
+        return data.draw(statuses), data.draw(headers), data.draw(bodies)
 
-    client._auth._send = send
+    transport = RateLimitWaits(send, clock=clock, sleep=clock.sleep)
+    client = DuoClient(SETTINGS, clock=clock, sleep=clock.sleep, transport=transport)
     return client, sent
 
 
-@given(data=st.data(), endpoint=st.sampled_from(["preauth", "auth", "auth_status", "check"]))
+@given(data=st.data(), endpoint=st.sampled_from(["preauth", "push", "phone", "passcode", "sms", "auth_status", "check"]))
 def test_any_http_reply_through_the_client(data, endpoint):
     client, _ = raw_client(data)
     who = DuoIdentity(username="alice")
@@ -470,8 +459,14 @@ def test_any_http_reply_through_the_client(data, endpoint):
         if endpoint == "preauth":
             result = client.preauth(who, ipaddr=None, hostname=None, verified_push=False)
             assert isinstance(result, Preauth) and result.result in ("allow", "deny", "enroll", "auth")
-        elif endpoint == "auth":
-            assert isinstance(client.auth(who, "push", {"device": "D1", "async": "1"}), dict)
+        elif endpoint in ("push", "phone"):
+            start = client.start_push if endpoint == "push" else client.start_phone
+            result = start(who, "D1", ipaddr=None, hostname=None)
+            assert isinstance(result, AuthStarted) and result.txid
+        elif endpoint in ("passcode", "sms"):
+            result = (client.check_passcode(who, "123456", ipaddr=None, hostname=None) if endpoint == "passcode"
+                      else client.send_sms(who, None, ipaddr=None, hostname=None))
+            assert isinstance(result, AuthResult) and result.result in ("allow", "deny")
         elif endpoint == "auth_status":
             result = client.auth_status("TX1", timeout=3.0)
             assert isinstance(result, AuthResult) and result.result in ("allow", "deny", "waiting")

@@ -15,6 +15,7 @@ from pam_duo_py import pam
 from pam_duo_py.broker_client import BrokerBackend, converse
 from pam_duo_py.broker_protocol import MAX_FRAME, WRAPPER_SERVICE, ProtocolError, peer_uid, recv_frame, send_frame
 from pam_duo_py.broker_trust import Refusal, login_request
+from pam_duo_py.hosts import command_for, profile
 from pam_duo_py.login import LoginRequest
 from pam_duo_py.result import Result
 
@@ -106,8 +107,8 @@ def trust(uid: int, **message):
 def test_root_may_name_everything():
     request = trust(0, user="bob", service="sshd", rhost="203.0.113.5", tty="ssh", password="pw",
                     config=SERVED, caller_uid=1000, command="ls", env_passcode="123456")
-    assert request == LoginRequest(user="bob", service="sshd", rhost="203.0.113.5", tty="ssh", command="ls",
-                                   caller_uid=1000, password="pw", env_passcode="123456", trusted_address=True)
+    assert request == LoginRequest(user="bob", service="sshd", rhost="203.0.113.5", tty="ssh",
+                                   host=profile("sshd", "ls"), caller_uid=1000, password="pw", env_passcode="123456", trusted_address=True)
 
 
 def test_root_naming_another_config_is_declined_as_a_value():
@@ -120,7 +121,7 @@ def test_a_user_is_only_themselves_under_the_wrapper_service():
     request = trust(1000, user="alice", service="sshd", rhost="203.0.113.5", password="pw", config="/etc/x.toml",
                     caller_uid=0, interactive=True)
     assert request == LoginRequest(user="alice", service=WRAPPER_SERVICE, rhost="203.0.113.5", interactive=True,
-                                   caller_uid=1000, trusted_address=False)
+                                   host=profile(WRAPPER_SERVICE), caller_uid=1000, trusted_address=False)
 
 
 @pytest.mark.parametrize("uid, user", [(1000, "bob"), (1000, "root"), (4242, "alice")])
@@ -176,7 +177,8 @@ def test_a_declining_result_after_accepted_is_a_refusal(pair):
 
 
 # ------------------------------------------------------------------ the broker backend of the PAM module
-REQUEST = LoginRequest(user="alice", service="sshd", rhost="203.0.113.5", tty="ssh", password="pw", caller_uid=0)
+REQUEST = LoginRequest(user="alice", service="sshd", rhost="203.0.113.5", tty="ssh", password="pw", caller_uid=0,
+                       host=profile("sshd", "ls"))
 
 
 def backend_on(sock: socket.socket, config: str = "pam_duo.toml") -> BrokerBackend:
@@ -188,7 +190,7 @@ def test_the_backend_sends_the_request_and_returns_the_brokers_result(pair):
     send_frame(pair[1], {"type": "result", "result": "MAXTRIES", "message": ""})
     assert backend_on(pair[0]).authenticate(REQUEST, UI()) is Result.MAXTRIES
     assert recv_frame(pair[1]) == {"type": "login", "user": "alice", "service": "sshd", "rhost": "203.0.113.5",
-                                   "tty": "ssh", "command": None, "password": "pw",
+                                   "tty": "ssh", "command": "ls", "password": "pw",
                                    "config": os.path.abspath("pam_duo.toml"), "caller_uid": 0}
 
 
@@ -306,7 +308,8 @@ def test_pam_builds_one_request_and_asks_the_chosen_backend(result, code):
     assert pam._authenticate(Pamh(), 0, ["pam_duo.py", "conf=/etc/x.toml", "debug"], choose) == code
     assert chosen == [("/etc/x.toml", True)]
     assert backend.requests == [LoginRequest(user="alice", service="sudo", rhost="203.0.113.5", tty="/dev/pts/1",
-                                             password="pw", caller_uid=os.getuid())]
+                                             host=profile("sudo", command_for("sudo")), password="pw",
+                                             caller_uid=os.getuid())]
 
 
 # ------------------------------------------------------------------ the thin client

@@ -257,9 +257,9 @@ def test_a_login_after_a_failed_reload_gets_no_config(config, tmp_path):
 def test_the_broker_bounds_name_lookups_by_the_calls_deadline(config, monkeypatch):
     import threading
 
-    from pam_duo_py import duo
+    from pam_duo_py import transport
 
-    monkeypatch.setattr(duo, "_lookup", None, raising=False)  # whatever an earlier test set
+    monkeypatch.setattr(transport, "_lookup", None, raising=False)  # whatever an earlier test set
     release = threading.Event()
     calls: list = []
 
@@ -272,8 +272,8 @@ def test_the_broker_bounds_name_lookups_by_the_calls_deadline(config, monkeypatc
     Broker(str(config))
     try:
         with pytest.raises(socket.gaierror, match="name lookup timed out"):
-            duo._open_tcp("api-test.duosecurity.com", 443, lambda: 0.05)
-        assert calls == ["api-test.duosecurity.com"] and not release.is_set()  # cut off, not answered
+            transport._open_tcp("api-test.duosecurity.com", 443, lambda: 0.05)
+        assert calls == [b"api-test.duosecurity.com"] and not release.is_set()  # cut off, not answered
     finally:
         release.set()
 
@@ -281,11 +281,11 @@ def test_the_broker_bounds_name_lookups_by_the_calls_deadline(config, monkeypatc
 def test_pending_name_lookups_are_bounded(monkeypatch):
     import threading
 
-    from pam_duo_py import duo
+    from pam_duo_py import transport
 
     release = threading.Event()
     monkeypatch.setattr(socket, "getaddrinfo", lambda *a: release.wait(10) and [])
-    lookups = duo._Lookups(limit=2)
+    lookups = transport._Lookups(limit=2)
     try:
         for _ in range(2):
             with pytest.raises(socket.gaierror, match="timed out"):

@@ -7,7 +7,8 @@ import sys
 
 import pytest
 
-from pam_duo_py import __version__, cli
+from pam_duo_py import __version__
+from pam_duo_tools import cli
 
 from conftest import ROOT
 
@@ -63,7 +64,7 @@ def test_config_option_before_or_after_the_subcommand(tmp_path, argv):
 
 
 def test_simulate_help_lists_every_simulator_option(capsys):
-    from pam_duo_py import simulator
+    from pam_duo_sim import simulator
 
     with pytest.raises(SystemExit):
         simulator.main(["--help"])
@@ -78,11 +79,14 @@ def test_simulate_help_lists_every_simulator_option(capsys):
         assert option in shown
 
 
-def test_simulate_says_plainly_when_the_simulator_is_not_installed(monkeypatch, capsys):
-    monkeypatch.setitem(sys.modules, "pam_duo_py.simulator", None)  # import fails as when absent
+@pytest.mark.parametrize("absent", ["pam_duo_sim.simulator", "pam_duo_sim"])
+def test_simulate_says_plainly_when_the_simulator_is_not_installed(monkeypatch, capsys, absent):
+    monkeypatch.delitem(sys.modules, "pam_duo_sim.simulator", raising=False)
+    monkeypatch.setitem(sys.modules, absent, None)  # import fails as when absent
     assert cli.main(["simulate", "--help"]) == 1
     err = capsys.readouterr().err
     assert "not installed" in err and "Traceback" not in err
+    assert "--with-simulator" in err
 
 
 def test_import_duo_unix_without_src_looks_in_the_debian_paths_too(tmp_path, monkeypatch, capsys):
@@ -111,3 +115,75 @@ def test_python_dash_m_is_the_same_command():
     proc = subprocess.run([sys.executable, "-m", "pam_duo_py", "--version"], cwd=ROOT,
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and proc.stdout.strip() == f"pam-duo-py {__version__}"
+
+
+# -- check --user: the login's own rule --------------------------------------------------------
+
+
+class _Duo:
+    """Stands in for DuoClient in ``check``: keys accepted, preauth answers allow."""
+
+    preauths: list = []
+
+    def __init__(self, settings) -> None:
+        self.server_time_offset = 0.0
+
+    def check(self) -> float:
+        return 0.0
+
+    def preauth(self, identity, **kwargs):
+        from pam_duo_py.replies import Preauth
+
+        _Duo.preauths.append(identity)
+        return Preauth("allow", "ok")
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.fixture
+def duo_client(monkeypatch):
+    from pam_duo_py import duo
+
+    _Duo.preauths = []
+    monkeypatch.setattr(duo, "DuoClient", _Duo)
+    return _Duo.preauths
+
+
+def test_check_user_reports_a_failed_user_lookup_as_a_refused_login(tmp_path, capsys, monkeypatch, duo_client):
+    from pam_duo_py import users
+    from pam_duo_py.errors import UserLookupError
+
+    def broken(name):
+        raise UserLookupError("cannot look up user 'alice': nss unavailable")
+
+    monkeypatch.setattr(users, "lookup", broken)
+    assert cli.main(["-c", _config(tmp_path), "check", "--user", "alice"]) == 1
+    assert "User alice: logins are refused (PAM_SERVICE_ERR): cannot look up user 'alice'" in capsys.readouterr().err
+    assert duo_client == []
+
+
+@pytest.mark.parametrize("groups, expected", [(None, "identity"), ('["pdt-nobody-*"]', "exempt"), (None, "unknown")])
+def test_check_user_decides_who_as_a_login_does(tmp_path, capsys, duo_client, groups, expected):
+    from fakes import FakeDuo, FakePrompter
+    from pam_duo_py.config import load_config
+    from pam_duo_py.engine import Kind
+    from pam_duo_py.events import EventSink
+    from pam_duo_py.login import LoginRequest, authenticate
+
+    import pwd
+
+    me = pwd.getpwuid(os.getuid()).pw_name
+    name = "pdt-no-such-user-7f3a" if expected == "unknown" else me
+    conf = _config(tmp_path, GOOD + (f"[users]\ngroups = {groups}\n" if groups else ""))
+    code = cli.main(["-c", conf, "check", "--user", name])
+    out, err = capsys.readouterr()
+    duo = FakeDuo()
+    outcome = authenticate(load_config(conf), LoginRequest(user=name, service="sshd"), FakePrompter([]),
+                           sink=EventSink(None), duo_factory=lambda settings: duo)
+    if expected == "unknown":
+        assert code == 1 and "no such local user" in err and outcome.kind is Kind.FAILURE
+    elif expected == "exempt":
+        assert code == 0 and "exempt (not in users.groups)" in out and outcome.kind is Kind.EXEMPT
+    else:
+        assert code == 0 and duo_client == [duo.calls[0].args["identity"]]

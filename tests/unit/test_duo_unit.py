@@ -1,22 +1,26 @@
-"""The Duo client layer without any socket: reply parsing, error mapping, Retry-After, 429 waits."""
+"""The Duo adapter without any socket: reply parsing, the requests it signs, error mapping,
+HTTP dates, Retry-After and 429 waits. The adapter's transport is a plain function here."""
 from __future__ import annotations
 
+import datetime
 import email.utils
-import http.client
+import json
 import os
 import socket
 import ssl
 import time
+import urllib.parse
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from fakes import FakeClock
-from pam_duo_py import duo as duo_mod
 from pam_duo_py import replies
+from pam_duo_py import transport as transport_mod
 from pam_duo_py.config import DuoIdentity, DuoSettings
-from pam_duo_py.duo import DuoClient, retry_after_seconds
+from pam_duo_py.duo import DuoClient
+from pam_duo_py.transport import BadReply, RateLimitWaits, http_date, parse_http_date, retry_after_seconds
 from pam_duo_py.errors import (DuoCredentialsRejected, DuoError, DuoMalformedReply, DuoRateLimited, DuoRefused,
                                DuoTimeout, DuoUnavailable, DuoUnknownAnswer)
 from pam_duo_py.replies import AuthResult, AuthStarted, Device, Preauth
@@ -64,6 +68,33 @@ def far_timezone():
 def test_retry_after_http_date_does_not_depend_on_the_local_timezone(far_timezone, zone):
     stamp = time.strftime("%a, %d %b %Y %H:%M:%S", time.gmtime(NOW + 30)) + " " + zone
     assert retry_after_seconds(stamp, NOW) == pytest.approx(30.0)
+
+
+@given(when=st.integers(min_value=0, max_value=4_102_444_800))
+def test_http_date_is_what_email_utils_formatdate_writes(when):
+    assert http_date(when) == email.utils.formatdate(when)
+
+
+@pytest.mark.parametrize("value", [
+    "Sun, 06 Nov 1994 08:49:37 GMT", "Wed, 02 Dec 2026 15:04:05 -0000", "Wed, 02 Dec 2026 15:04:05 +0000",
+    "Wed, 02 Dec 2026 15:04:05 UTC", "Wed, 2 Dec 2026 15:04:05 GMT", "Wed, 02 Dec 2026 15:04:05 +0200",
+    "Sunday, 06-Nov-94 08:49:37 GMT", "Sun Nov  6 08:49:37 1994", "Mon, 31 Feb 2026 10:00:00 GMT",
+    "Mon, 99 Foo 2026 99:99:99 GMT", "Mon, 01 Dec 2025 25:00:00 GMT", "garbage", "", None])
+def test_parse_http_date_agrees_with_email_utils(value):
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+        if when is not None and when.tzinfo is None:
+            when = when.replace(tzinfo=datetime.timezone.utc)
+        expected = when.timestamp() if when is not None else None
+    except (TypeError, ValueError, IndexError):
+        expected = None
+    assert parse_http_date(value) == expected
+
+
+@given(when=st.integers(min_value=0, max_value=4_102_444_800), zone=st.sampled_from(["GMT", "-0000", "+0000", "UTC"]))
+def test_parse_http_date_reads_what_servers_send(when, zone):
+    stamp = email.utils.formatdate(when, usegmt=True)[:-3] + zone
+    assert parse_http_date(stamp) == when
 
 
 # -- preauth replies ---------------------------------------------------------------------------
@@ -250,77 +281,202 @@ def test_parse_auth_replies_property(reply, waiting):
     assert isinstance(result.status, str) and isinstance(result.status_msg, str)
 
 
+# -- a function as the transport -----------------------------------------------------------------
+
+class FunctionTransport:
+    """A transport that is a function: records each request (decoded) and answers from a script.
+
+    Each answer is ``(status, headers, body)`` (a dict or list body is sent as JSON) or an
+    exception instance to raise. ``close`` counts how often the client dropped its connection.
+    """
+
+    def __init__(self, *answers):
+        self.answers = list(answers)
+        self.requests = []
+        self.closed = 0
+
+    def __call__(self, method, host, path, headers, body, deadline):
+        uri, _, query = path.partition("?")
+        params = json.loads(body) if body is not None else dict(urllib.parse.parse_qsl(query))
+        self.requests.append({"method": method, "host": host, "path": uri, "params": params, "headers": headers,
+                              "body": body, "deadline": deadline})
+        answer = self.answers[0] if len(self.answers) == 1 else self.answers.pop(0)
+        if isinstance(answer, BaseException):
+            raise answer
+        status, reply_headers, reply_body = answer
+        if not isinstance(reply_body, bytes):
+            reply_body = json.dumps(reply_body).encode()
+        return status, reply_headers, reply_body
+
+    def close(self):
+        self.closed += 1
+
+    @property
+    def sent(self):
+        return [(r["method"], r["path"], r["params"]) for r in self.requests]
+
+
+def ok(response):
+    return 200, {}, {"stat": "OK", "response": response}
+
+
+def fail(status, code, message="Received error", **extra):
+    return status, {}, dict({"stat": "FAIL", "code": code, "message": message}, **extra)
+
+
+def client_with(*answers, clock=None):
+    transport = FunctionTransport(*answers)
+    return DuoClient(SETTINGS, clock=clock or FakeClock(), sleep=lambda s: None, transport=transport), transport
+
+
+# -- the requests, signed by duo-client -------------------------------------------------------------
+
+@pytest.mark.parametrize("method,path,params", [
+    ("POST", "/auth/v2/auth", {"username": "alice", "factor": "push", "device": "auto", "async": "1",
+                               "pushinfo": "Server=h%C3%B6st&Command=ls+-l", "ipaddr": "203.0.113.5"}),
+    ("GET", "/auth/v2/auth_status", {"txid": "4b7c-ü ~&="}),
+    ("GET", "/auth/v2/check", {}),
+    ("GET", "/admin/v1/users", {"username": "a b", "limit": "300", "offset": "0"}),
+])
+def test_requests_are_the_ones_duo_client_builds_and_signs(monkeypatch, method, path, params):
+    """Our request is byte for byte what duo-client's own ``Client.api_call`` would send."""
+    import duo_client.client
+
+    now = 1_800_000_000.0
+    captured = []
+
+    class Capture(duo_client.client.Client):
+        def _make_request(self, method, uri, body, headers):
+            captured.append((uri, body, {k.decode(): v.decode() for k, v in headers.items()}))
+            return None, None
+
+    monkeypatch.setattr(duo_client.client.email.utils, "formatdate", lambda *a, **k: http_date(now))
+    Capture(SETTINGS.ikey, SETTINGS.skey, SETTINGS.host).api_call(method, path, dict(params))
+    ((want_uri, want_body, want_headers),) = captured
+
+    transport = FunctionTransport(ok({}))
+    client = DuoClient(SETTINGS, clock=FakeClock(), transport=transport, wall_clock=lambda: now)
+    client.call(method, path, dict(params))
+    (request,) = transport.requests
+    assert request["host"] == SETTINGS.host
+    uri = request["path"] + ("?" + urllib.parse.urlencode(request["params"]) if method == "GET" else "")
+    assert uri == want_uri
+    assert request["body"] == (want_body.encode() if want_body is not None else None)
+    assert {k.lower(): v for k, v in request["headers"].items()} == {k.lower(): v for k, v in want_headers.items()}
+    assert request["headers"]["Authorization"].startswith("Basic ")
+
+
+UNUSED_BY_THE_LOGIN = ("http", "http.client", "email", "email.utils", "argparse", "urllib.request", "random", "threading")
+
+
+def in_a_fresh_interpreter(code: str) -> str:
+    """``code``'s output in ``python3 -I`` with this tree and duo-client importable (no threads: as in pam_python)."""
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    site = [p for p in sys.path if p.endswith("site-packages")]
+    prelude = "import sys; sys.path[:0] = sys.argv[1:]\n"
+    out = subprocess.run([sys.executable, "-I", "-c", prelude + code, root, *site], capture_output=True, text=True,
+                         check=True)
+    return out.stdout.strip()
+
+
+def test_signing_does_not_import_what_only_duo_clients_unused_paths_need():
+    out = in_a_fresh_interpreter(
+        "from pam_duo_py import duo\n"
+        "client = duo.duo_client_module()\n"
+        f"print(sorted(m for m in {UNUSED_BY_THE_LOGIN!r} if m in sys.modules))\n"
+        # duo-client's own code paths still work when something calls them: the real modules come then
+        "print(client.email.utils.formatdate(0), client.http.client.HTTPConnection.default_port,\n"
+        "      client.argparse.ArgumentParser.__name__, 0 <= client.random.uniform(0, 1) <= 1)\n"
+        "print(type(sys.modules['http.client']) is type(sys) and sys.modules['email.utils'].formatdate is not None)\n")
+    imported, used, real = out.splitlines()
+    assert imported == "[]"
+    assert used == "Thu, 01 Jan 1970 00:00:00 -0000 80 ArgumentParser True"
+    assert real == "True"  # the real modules, imported on first use
+
+
+def test_the_engine_imports_neither_the_duo_client_nor_ssl():
+    out = in_a_fresh_interpreter(
+        "import pam_duo_py.engine\n"
+        "print(sorted(m for m in ('ssl', '_ssl', 'socket', 'http.client', 'urllib.parse', 'pam_duo_py.duo',\n"
+        "                         'pam_duo_py.transport') if m in sys.modules))\n")
+    assert out == "[]"
+
+
+def test_the_login_path_does_not_import_what_only_duo_clients_unused_paths_need():
+    out = in_a_fresh_interpreter(
+        "from pam_duo_py import duo, login, pam\n"
+        "from pam_duo_py.config import DuoSettings, DuoIdentity\n"
+        "settings = DuoSettings(ikey='DIABCDEFGHIJKLMNOPQR', skey='S' * 40, host='api-test.duosecurity.com',\n"
+        "                       port=None, ca_file=None, proxy=None, timeout=1.0)\n"
+        "replies = iter([(200, {'date': 'Wed, 02 Dec 2026 15:04:05 GMT'}, b'{\"stat\": \"OK\", \"response\": "
+        "{\"result\": \"allow\"}}')])\n"
+        "client = duo.DuoClient(settings, transport=lambda *request: next(replies))\n"
+        "print(client.preauth(DuoIdentity(username='a'), ipaddr=None, hostname=None, verified_push=False).result)\n"
+        f"print(sorted(m for m in {UNUSED_BY_THE_LOGIN!r} if m in sys.modules))\n")
+    assert out.splitlines() == ["allow", "[]"]
+
+
 # -- error mapping -----------------------------------------------------------------------------
-
-def duo_runtime_error(status, reason="", data=None, message="Received error"):
-    """A RuntimeError shaped like the ones duo_client raises."""
-    error = RuntimeError(message)
-    error.status = status
-    error.reason = reason
-    error.data = data
-    return error
-
-
-@pytest.fixture
-def client():
-    c = DuoClient(SETTINGS, clock=FakeClock(), sleep=lambda s: None)
-    yield c
-    c.close()
-
 
 @pytest.mark.parametrize("status,data,cls,code", [
     (401, {"stat": "FAIL", "code": 40103, "message": "Invalid signature in request credentials"},
      DuoCredentialsRejected, 40103),
     (401, {"stat": "FAIL", "code": 40105, "message": "Request has an invalid timestamp"}, DuoCredentialsRejected, 40105),
-    (401, "Unauthorized", DuoCredentialsRejected, None),
+    (401, b"Unauthorized", DuoCredentialsRejected, None),
+    (401, b"\xff\xfe not UTF-8", DuoCredentialsRejected, None),
     (429, {"stat": "FAIL", "code": 42901, "message": "Too Many Requests"}, DuoRateLimited, 42901),
     (403, {"stat": "FAIL", "code": 40301, "message": "Access forbidden"}, DuoRefused, 40301),
     (400, {"stat": "FAIL", "code": 40002, "message": "Invalid request parameters", "message_detail": "username"},
      DuoRefused, 40002),
-    (404, "Not Found", DuoRefused, None),
+    (404, b"Not Found", DuoRefused, None),
     (500, {"stat": "FAIL", "code": 50000, "message": "Internal server error"}, DuoUnavailable, 50000),
-    (502, "<html>Bad gateway</html>", DuoUnavailable, None),
-    (503, None, DuoUnavailable, None),
-    (200, "this is not JSON", DuoMalformedReply, None),
+    (502, b"<html>Bad gateway</html>", DuoUnavailable, None),
+    (503, b"", DuoUnavailable, None),
+    (200, b"this is not JSON", DuoMalformedReply, None),
+    (200, b"\xff\xfe", DuoMalformedReply, None),
+    (200, b"[" * 5000 + b"]" * 5000, DuoMalformedReply, None),
     (200, {"stat": "FAIL", "code": 40002}, DuoMalformedReply, None),
-    (None, None, DuoMalformedReply, None),
+    (200, {"stat": "OK"}, DuoMalformedReply, None),
+    (200, ["stat", "OK"], DuoMalformedReply, None),
     (401, {"code": True}, DuoCredentialsRejected, None),
 ])
-def test_http_error_mapping(client, status, data, cls, code):
-    error = client._http_error(duo_runtime_error(status, "Reason", data))
+def test_http_error_mapping(status, data, cls, code):
+    client, transport = client_with((status, {}, data))
+    with pytest.raises(DuoError) as info:
+        client.call("GET", "/auth/v2/check", {})
+    error = info.value
     assert type(error) is cls
     assert error.status == status
     assert error.code == code
-    if status is not None:
-        assert f"HTTP {status}" in str(error)
+    assert f"HTTP {status}" in str(error)
     if isinstance(data, dict) and "message" in data:
         assert data["message"] in str(error)
+    assert transport.closed, "the connection is dropped after an error reply"
 
 
-def test_refusals_and_unavailability_are_distinct_classes(client):
-    assert not isinstance(client._http_error(duo_runtime_error(500)), DuoRefused)
+def test_refusals_and_unavailability_are_distinct_classes():
+    client, _ = client_with((500, {}, b""))
+    with pytest.raises(DuoUnavailable) as info:
+        client.check()
+    assert not isinstance(info.value, DuoRefused)
     for status in (401, 403, 429, 400):
-        assert not isinstance(client._http_error(duo_runtime_error(status)), DuoUnavailable)
+        client, _ = client_with((status, {}, b""))
+        with pytest.raises(DuoRefused) as info:
+            client.check()
+        assert not isinstance(info.value, DuoUnavailable)
 
 
-def test_clock_skew_401_reports_the_offset_when_known(client):
-    client._auth.server_time_offset = 312.4
-    error = client._http_error(duo_runtime_error(401, data={"code": 40105, "message": "invalid timestamp"}))
-    assert isinstance(error, DuoCredentialsRejected) and "+312 s" in str(error)
-
-
-# -- DuoClient.call without a network ----------------------------------------------------------
-
-class Recorder:
-    def __init__(self, outcome):
-        self.outcome = outcome
-        self.calls = []
-
-    def __call__(self, method, path, params):
-        self.calls.append((method, path, dict(params)))
-        if isinstance(self.outcome, BaseException):
-            raise self.outcome
-        return self.outcome
+def test_clock_skew_401_reports_the_offset_from_the_replys_date():
+    ahead = email.utils.formatdate(time.time() + 312.4, usegmt=True)
+    client, _ = client_with((401, {"Date": "x", "date": ahead}, {"stat": "FAIL", "code": 40105,
+                                                                  "message": "invalid timestamp"}))
+    with pytest.raises(DuoCredentialsRejected) as info:
+        client.check()
+    assert "+312 s" in str(info.value) or "+311 s" in str(info.value) or "+313 s" in str(info.value)
+    assert client.server_time_offset == pytest.approx(312, abs=1.5)
 
 
 @pytest.mark.parametrize("raised,cls", [
@@ -331,173 +487,217 @@ class Recorder:
     (socket.gaierror(-2, "Name or service not known"), DuoUnavailable),
     (ssl.SSLCertVerificationError(1, "certificate verify failed"), DuoUnavailable),
     (ssl.SSLError(1, "wrong version number"), DuoUnavailable),
-    (http.client.BadStatusLine("garbage"), DuoUnavailable),
-    (http.client.IncompleteRead(b"par"), DuoUnavailable),
+    (BadReply("bad status line"), DuoUnavailable),
+    (BadReply("reply body cut short (3 of 10 bytes)"), DuoUnavailable),
     (UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid"), DuoUnavailable),
-    (duo_runtime_error(401, data={"code": 40103}), DuoCredentialsRejected),
-    (duo_runtime_error(429, data={"code": 42901}), DuoRateLimited),
-    (duo_runtime_error(503), DuoUnavailable),
-    (duo_runtime_error(200, data="garbage"), DuoMalformedReply),
+    ((401, {}, {"stat": "FAIL", "code": 40103, "message": "x"}), DuoCredentialsRejected),
+    ((429, {}, {"stat": "FAIL", "code": 42901, "message": "x"}), DuoRateLimited),
+    ((503, {}, b""), DuoUnavailable),
+    ((200, {}, b"garbage"), DuoMalformedReply),
 ])
-def test_call_maps_every_failure_to_a_duo_error(client, monkeypatch, raised, cls):
-    closed = []
-    monkeypatch.setattr(client._auth, "json_api_call", Recorder(raised))
-    monkeypatch.setattr(client._auth, "close", lambda: closed.append(1))
+def test_call_maps_every_failure_to_a_duo_error(raised, cls):
+    client, transport = client_with(raised)
     with pytest.raises(DuoError) as info:
         client.call("POST", "/auth/v2/preauth", {"username": "alice"})
     assert type(info.value) is cls
-    assert closed, "the connection is dropped after a failure"
+    assert transport.closed, "the connection is dropped after a failure"
 
 
-def test_call_sets_a_deadline_per_call(client, monkeypatch):
-    clock = client._clock
-    seen = []
+def test_a_failure_past_the_deadline_is_a_timeout_naming_its_cause():
+    clock = FakeClock()
 
-    def json_api_call(method, path, params):
-        seen.append(client._auth.remaining())
-        return {"time": 1}
+    def slow_lookup(method, host, path, headers, body, deadline):
+        clock.advance(SETTINGS.timeout + 1)
+        raise socket.gaierror(-3, "Temporary failure in name resolution")
 
-    monkeypatch.setattr(client._auth, "json_api_call", json_api_call)
+    client = DuoClient(SETTINGS, clock=clock, transport=slow_lookup)
+    with pytest.raises(DuoTimeout) as info:
+        client.check()
+    assert "timed out after 10 s (cannot resolve host: Temporary failure in name resolution)" in str(info.value)
+
+
+def test_call_sets_a_deadline_per_call():
+    clock = FakeClock()
+    client, transport = client_with(ok({"time": 1}), clock=clock)
     client.call("GET", "/auth/v2/check", {})
     client.call("GET", "/auth/v2/auth_status", {"txid": "T"}, timeout=42.0)
-    assert seen == [pytest.approx(SETTINGS.timeout), pytest.approx(42.0)]
+    assert [r["deadline"] - clock() for r in transport.requests] == [pytest.approx(SETTINGS.timeout),
+                                                                      pytest.approx(42.0)]
     assert clock.elapsed == 0
 
 
-def test_preauth_sends_identity_address_hostname_and_verified_push(client, monkeypatch):
-    recorder = Recorder({"result": "allow", "status_msg": "ok"})
-    monkeypatch.setattr(client._auth, "json_api_call", recorder)
+def test_metadata_is_kept_on_request():
+    client, _ = client_with((200, {}, {"stat": "OK", "response": [1], "metadata": {"next_offset": 2}}))
+    assert client.call("GET", "/admin/v1/users", {}, metadata=True) == ([1], {"next_offset": 2})
+    client, _ = client_with((200, {}, {"stat": "OK", "response": {"a": 1, "metadata": {"next_offset": 3}}}))
+    assert client.call("GET", "/admin/v1/x", {}, metadata=True) == ({"a": 1, "metadata": {"next_offset": 3}},
+                                                                    {"next_offset": 3})
+    assert client.call("GET", "/admin/v1/x", {}) == {"a": 1, "metadata": {"next_offset": 3}}
+
+
+def test_preauth_sends_identity_address_hostname_and_verified_push():
+    client, transport = client_with(ok({"result": "allow", "status_msg": "ok"}))
     assert client.preauth(DuoIdentity(username="alice"), ipaddr="203.0.113.5", hostname="server1",
                           verified_push=True) == Preauth("allow", "ok")
     client.preauth(DuoIdentity(user_id="DUABCDEFGHIJ01234567"), ipaddr=None, hostname=None, verified_push=False)
-    assert recorder.calls == [
+    assert transport.sent == [
         ("POST", "/auth/v2/preauth", {"username": "alice", "ipaddr": "203.0.113.5", "hostname": "server1",
                                       "client_supports_verified_push": "1"}),
         ("POST", "/auth/v2/preauth", {"user_id": "DUABCDEFGHIJ01234567"}),
     ]
 
 
-def test_auth_sends_factor_and_params_and_checks_the_reply(client, monkeypatch):
-    recorder = Recorder({"txid": "TX1"})
-    monkeypatch.setattr(client._auth, "json_api_call", recorder)
-    assert client.auth(DuoIdentity(username="alice"), "push", {"device": "D1", "async": "1"}) == {"txid": "TX1"}
-    assert recorder.calls == [("POST", "/auth/v2/auth", {"username": "alice", "device": "D1", "async": "1",
-                                                         "factor": "push"})]
-    monkeypatch.setattr(client._auth, "json_api_call", Recorder(["not", "an", "object"]))
+@pytest.mark.parametrize("call,expected", [
+    (lambda c, who: c.start_push(who, "D1", ipaddr="203.0.113.5", hostname="server1"),
+     {"device": "D1", "async": "1", "factor": "push", "ipaddr": "203.0.113.5", "hostname": "server1"}),
+    (lambda c, who: c.start_push(who, "D1", ipaddr=None, hostname=None,
+                                 pushinfo=(("Server", "server1"), ("Command", "ls -l & rm")), txid="PRE-TX1"),
+     {"device": "D1", "async": "1", "factor": "push", "txid": "PRE-TX1",
+      "pushinfo": "Server=server1&Command=ls+-l+%26+rm"}),
+    (lambda c, who: c.start_phone(who, "D2", ipaddr=None, hostname="server1"),
+     {"device": "D2", "async": "1", "factor": "phone", "hostname": "server1"}),
+])
+def test_async_auth_calls_send_duos_parameters(call, expected):
+    client, transport = client_with(ok({"txid": "TX1"}))
+    assert call(client, DuoIdentity(username="alice")) == AuthStarted("TX1")
+    assert transport.sent == [("POST", "/auth/v2/auth", dict(expected, username="alice"))]
+    client, _ = client_with(ok(["not", "an", "object"]))
     with pytest.raises(DuoMalformedReply):
-        client.auth(DuoIdentity(username="alice"), "push", {})
+        call(client, DuoIdentity(username="alice"))
+    assert client.calls[-1][2] == "malformed"
 
 
-def test_auth_status_uses_the_given_timeout(client, monkeypatch):
-    seen = []
+def test_sync_auth_calls_send_duos_parameters():
+    client, transport = client_with(ok({"result": "deny", "status": "sent", "status_msg": "New SMS passcodes sent"}),
+                                    ok({"result": "deny", "status": "sent", "status_msg": ""}),
+                                    ok({"result": "allow", "status": "allow", "status_msg": "Success"}),
+                                    ok({"result": "waiting", "status": "pushed"}))
+    who = DuoIdentity(user_id="DUABCDEFGHIJ01234567")
+    assert client.send_sms(who, None, ipaddr="203.0.113.5", hostname=None) == \
+        AuthResult("deny", "sent", "New SMS passcodes sent")
+    assert client.send_sms(who, "D1", ipaddr=None, hostname=None).status == "sent"
+    assert client.check_passcode(who, "123456", ipaddr=None, hostname="server1").result == "allow"
+    with pytest.raises(DuoUnknownAnswer):  # a synchronous call never waits
+        client.check_passcode(who, "123456", ipaddr=None, hostname=None)
+    assert transport.sent[:3] == [
+        ("POST", "/auth/v2/auth", {"user_id": "DUABCDEFGHIJ01234567", "device": "auto", "async": "0", "factor": "sms",
+                                   "ipaddr": "203.0.113.5"}),
+        ("POST", "/auth/v2/auth", {"user_id": "DUABCDEFGHIJ01234567", "device": "D1", "async": "0", "factor": "sms"}),
+        ("POST", "/auth/v2/auth", {"user_id": "DUABCDEFGHIJ01234567", "passcode": "123456", "async": "0",
+                                   "factor": "passcode", "hostname": "server1"}),
+    ]
 
-    def json_api_call(method, path, params):
-        seen.append((method, path, params, client._auth.remaining()))
-        return {"result": "waiting", "status": "pushed", "status_msg": ""}
 
-    monkeypatch.setattr(client._auth, "json_api_call", json_api_call)
+def test_auth_status_uses_the_given_timeout():
+    clock = FakeClock()
+    client, transport = client_with(ok({"result": "waiting", "status": "pushed", "status_msg": ""}), clock=clock)
     assert client.auth_status("TX1", timeout=7.5) == AuthResult("waiting", "pushed", "")
-    assert seen == [("GET", "/auth/v2/auth_status", {"txid": "TX1"}, pytest.approx(7.5))]
+    assert transport.sent == [("GET", "/auth/v2/auth_status", {"txid": "TX1"})]
+    assert transport.requests[0]["deadline"] - clock() == pytest.approx(7.5)
+
+
+def test_ping_and_check():
+    client, transport = client_with(ok("pong"))
+    assert client.ping(5.0) and client.take_calls() == []
+    client, transport = client_with(ok({"time": 1_700_000_000}))
+    assert client.check() == 1_700_000_000
+    client, transport = client_with(ConnectionResetError(104, "reset"))
+    assert not client.ping(5.0) and transport.closed
 
 
 # -- 429 waits fit into the deadline -----------------------------------------------------------
 
-class Response:
-    def __init__(self, status, retry_after=None):
-        self.status = status
-        self.headers = {"Retry-After": retry_after} if retry_after is not None else {}
-
-    def getheader(self, name, default=None):
-        return self.headers.get(name, default)
-
-
-def rate_limited_client(responses):
+def rate_limited(answers):
+    """RateLimitWaits over a function answering ``answers`` (status or (status, headers)) one by one."""
     clock = FakeClock()
     sleeps = []
+    sent = []
 
     def sleep(seconds):
         sleeps.append(seconds)
         clock.advance(seconds)
 
-    client = DuoClient(SETTINGS, clock=clock, sleep=sleep)
-    sent = []
+    def send(method, host, path, headers, body, deadline):
+        sent.append(path)
+        answer = answers[min(len(sent), len(answers)) - 1]
+        status, head = answer if isinstance(answer, tuple) else (answer, {})
+        return status, head, b"{}"
 
-    def send(method, uri, body, headers):
-        sent.append(uri)
-        return responses[min(len(sent), len(responses)) - 1], b"{}"
-
-    client._auth._send = send
-    client._auth.deadline = clock() + SETTINGS.timeout
-    return client, sent, sleeps
+    waits = RateLimitWaits(send, clock=clock, sleep=sleep)
+    return (lambda: waits("POST", SETTINGS.host, "/auth/v2/preauth", {}, b"", clock() + SETTINGS.timeout)[0]), \
+        sent, sleeps
 
 
 def test_429_with_retry_after_inside_the_deadline_is_retried():
-    client, sent, sleeps = rate_limited_client([Response(429, "2"), Response(200)])
-    response, _ = client._auth._make_request("POST", "/auth/v2/preauth", "", {})
-    assert response.status == 200 and len(sent) == 2 and sleeps == [2.0]
+    send, sent, sleeps = rate_limited([(429, {"retry-after": "2"}), 200])
+    assert send() == 200 and len(sent) == 2 and sleeps == [2.0]
 
 
 def test_429_with_retry_after_past_the_deadline_gives_up_without_waiting():
-    client, sent, sleeps = rate_limited_client([Response(429, "60"), Response(200)])
-    response, _ = client._auth._make_request("POST", "/auth/v2/preauth", "", {})
-    assert response.status == 429 and len(sent) == 1 and sleeps == []
+    send, sent, sleeps = rate_limited([(429, {"retry-after": "60"}), 200])
+    assert send() == 429 and len(sent) == 1 and sleeps == []
 
 
 def test_429_without_retry_after_backs_off_within_the_deadline():
-    client, sent, sleeps = rate_limited_client([Response(429)])
-    response, _ = client._auth._make_request("POST", "/auth/v2/preauth", "", {})
-    assert response.status == 429
+    send, sent, sleeps = rate_limited([429])
+    assert send() == 429
     assert sleeps == [1.0, 2.0, 4.0]  # 8 more would pass the 10 s deadline
     assert sum(sleeps) < SETTINGS.timeout
-    assert len(sent) <= duo_mod.MAX_RATE_LIMIT_RETRIES + 1
-
-
-class HeaderResponse(Response):
-    def __init__(self, status, **headers):
-        self.status = status
-        self.headers = {name.replace("_", "-"): value for name, value in headers.items()}
+    assert len(sent) <= transport_mod.MAX_RATE_LIMIT_RETRIES + 1
 
 
 @pytest.mark.parametrize("headers,expected_sleeps", [
-    ({"Retry-After": "3"}, [3.0]),
-    ({"X-Retry-After": "3"}, [3.0]),  # what Duo's own mock server sends
-    ({"Retry-After": "2", "X-Retry-After": "5"}, [2.0]),
+    ({"retry-after": "3"}, [3.0]),
+    ({"x-retry-after": "3"}, [3.0]),  # what Duo's own mock server sends
+    ({"retry-after": "2", "x-retry-after": "5"}, [2.0]),
     ({}, [1.0]),
 ])
 def test_429_header_variants_once(headers, expected_sleeps):
-    first = HeaderResponse(429)
-    first.headers = dict(headers)
-    client, sent, sleeps = rate_limited_client([first, Response(200)])
-    response, _ = client._auth._make_request("POST", "/auth/v2/preauth", "", {})
-    assert response.status == 200 and len(sent) == 2 and sleeps == expected_sleeps
+    send, sent, sleeps = rate_limited([(429, headers), 200])
+    assert send() == 200 and len(sent) == 2 and sleeps == expected_sleeps
 
 
 def test_429_x_retry_after_http_date_is_waited_for():
-    first = HeaderResponse(429)
-    first.headers = {"X-Retry-After": email.utils.formatdate(time.time() + 4, usegmt=True)}
-    client, sent, sleeps = rate_limited_client([first, Response(200)])
-    response, _ = client._auth._make_request("POST", "/auth/v2/preauth", "", {})
-    assert response.status == 200 and len(sleeps) == 1 and 2.5 <= sleeps[0] <= 4.0
+    send, sent, sleeps = rate_limited([(429, {"x-retry-after": email.utils.formatdate(time.time() + 4, usegmt=True)}),
+                                       200])
+    assert send() == 200 and len(sleeps) == 1 and 2.5 <= sleeps[0] <= 4.0
 
 
 def test_429_x_retry_after_past_the_deadline_gives_up_without_waiting():
-    first = HeaderResponse(429)
-    first.headers = {"X-Retry-After": "60"}
-    client, sent, sleeps = rate_limited_client([first, Response(200)])
-    response, _ = client._auth._make_request("POST", "/auth/v2/preauth", "", {})
-    assert response.status == 429 and len(sent) == 1 and sleeps == []
+    send, sent, sleeps = rate_limited([(429, {"x-retry-after": "60"}), 200])
+    assert send() == 429 and len(sent) == 1 and sleeps == []
 
 
 def test_429_backoff_doubles_and_never_passes_the_deadline():
-    client, sent, sleeps = rate_limited_client([Response(429)] * 3 + [Response(200)])
-    response, _ = client._auth._make_request("POST", "/auth/v2/preauth", "", {})
-    assert response.status == 200 and sleeps == [1.0, 2.0, 4.0] and len(sent) == 4
+    send, sent, sleeps = rate_limited([429] * 3 + [200])
+    assert send() == 200 and sleeps == [1.0, 2.0, 4.0] and len(sent) == 4
+
+
+def test_the_real_transport_waits_on_429_before_the_adapter_maps_it():
+    client = DuoClient(SETTINGS)
+    assert isinstance(client.transport, RateLimitWaits)
 
 
 def test_duo_message_detail_goes_into_the_error_text():
-    client = DuoClient(SETTINGS)
-    error = client._http_error(duo_runtime_error(400, data={"stat": "FAIL", "code": 40002,
-                                                            "message": "Invalid request parameters",
-                                                            "message_detail": "username"}))
-    assert isinstance(error, DuoRefused)
-    assert str(error) == "HTTP 400 code 40002: Invalid request parameters (username)"
+    client, _ = client_with(fail(400, 40002, "Invalid request parameters", message_detail="username"))
+    with pytest.raises(DuoRefused) as info:
+        client.check()
+    assert str(info.value) == "HTTP 400 code 40002: Invalid request parameters (username)"
+
+
+@pytest.mark.parametrize("status", [401, 403, 429])
+def test_a_refusal_whose_body_is_not_utf8_is_still_a_refusal(status):
+    """A proxy or load balancer may answer 4xx with any bytes: Duo's (or its front's) refusal never
+    becomes "Duo unreachable", which failmode = "safe" would let in."""
+    from fakes import FakePrompter
+    from pam_duo_py.config import AuthSettings
+    from pam_duo_py.engine import Engine, Login, Result
+
+    client, _ = client_with((status, {}, b"\xff\xfe<html>\x9c</html>"))
+    with pytest.raises(DuoRefused) as info:
+        client.preauth(DuoIdentity(username="alice"), ipaddr=None, hostname=None, verified_push=False)
+    assert info.value.status == status and not isinstance(info.value, DuoUnavailable)
+    client, _ = client_with((status, {}, b"\xff\xfe<html>\x9c</html>"))
+    engine = Engine(AuthSettings(failmode="safe"), client, FakePrompter([]), clock=FakeClock(), sleep=lambda s: None)
+    outcome = engine.run(Login(user="alice", identity=DuoIdentity(username="alice"), service="sshd", interactive=False))
+    assert outcome.result is Result.AUTHINFO_UNAVAIL

@@ -1,8 +1,8 @@
 """Size limits on the code that runs on a production host: functions a reader can hold in mind.
 
-The runtime is the ``pam_duo_py`` package. The operator commands and the Duo
-simulator are left out (they are moving to packages of their own; until then
-they are named here by file).
+The runtime is the ``pam_duo_py`` package. The operator commands (``pam_duo_tools``)
+and the Duo simulator (``pam_duo_sim``) are packages of their own and not scanned;
+``pam_duo_py/__main__.py`` is the command line, not the runtime.
 """
 from __future__ import annotations
 
@@ -14,14 +14,9 @@ from conftest import ROOT
 RUNTIME = os.path.join(ROOT, "pam_duo_py")
 RUNTIME_LIMIT = 60  # lines, any function of the runtime
 ENGINE_LIMIT = 40  # lines, any function of the decision engine
-NOT_RUNTIME = {
-    "__main__.py", "cli.py", "audit.py", "metrics.py", "import_duo_unix.py",
-    "admin_api.py", "admin_cli.py", "admin_config.py",
-    "simulator.py", "simulator_admin.py", "simulator_v1.py",
-}
+NOT_RUNTIME = {"__main__.py"}
 # Functions over the limit that are being rewritten: they may shrink or go away, never grow.
 BEING_REWRITTEN = {
-    "duo.py:_make_auth_class": 112,
     "wrapper.py:main": 65,
 }
 

@@ -8,6 +8,7 @@ from fakes import APPROVED, PASSCODE_OK, FakeClock, FakeDuo, FakePamh, FakePromp
 from pam_duo_py.broker_trust import _caller_uid
 from pam_duo_py.config import AuthSettings, DuoIdentity
 from pam_duo_py.engine import MSG_SSHD_NOTICE, Engine, Login, Result
+from pam_duo_py.hosts import profile
 from pam_duo_py.pam import PamPrompter
 from pam_duo_py.replies import Device, Preauth
 
@@ -23,7 +24,8 @@ def run(service: str, devices, answers=("1",)) -> FakePrompter:
     duo = FakeDuo(Preauth("auth", "", devices=tuple(devices)), auth, [APPROVED], clock=clock)
     ui = FakePrompter(list(answers))
     login = Login(user="alice", identity=DuoIdentity(username="alice"), service=service, interactive=True,
-                  tty="ssh" if service.startswith("sshd") else "/dev/pts/1")
+                  tty="ssh" if service.startswith("sshd") else "/dev/pts/1",
+                  holds_info_messages=profile(service).holds_info_messages)
     outcome = Engine(AuthSettings(), duo, ui, clock=clock, sleep=clock.sleep).run(login)
     assert outcome.result is Result.SUCCESS
     return ui

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from pam_duo_py.hosts import command_for, holds_info_messages, sudo_command
+from pam_duo_py.hosts import HostProfile, command_for, holds_info_messages, profile, sudo_command
 
 
 @pytest.mark.parametrize("argv,expected", [
@@ -47,3 +47,24 @@ def test_holds_info_messages(service, expected):
 
 def test_command_for_is_none_outside_sudo():
     assert command_for("sudo") is None  # this process is python, not sudo
+
+
+@pytest.mark.parametrize("service,info,caller", [("sshd", True, False), ("sshd-duo", True, False), ("su", False, True),
+                                                 ("su-l", False, True), ("sudo", False, False), ("sux", False, False),
+                                                 ("login", False, False), ("pam-duo-login", False, False)])
+def test_profile_of_a_service(service, info, caller):
+    assert profile(service) == HostProfile(holds_info_messages=info, caller_does_duo=caller)
+    assert profile(service, "id -un").command == "id -un"
+
+
+def test_the_engine_knows_no_host_program():
+    """The engine gets the host program's facts on the login; it does not import hosts."""
+    import ast
+    import os
+
+    from conftest import ROOT
+
+    with open(os.path.join(ROOT, "pam_duo_py", "engine.py"), encoding="utf-8") as handle:
+        tree = ast.parse(handle.read())
+    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    assert "hosts" not in imported

@@ -16,10 +16,10 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from pam_duo_py import cli  # noqa: E402
+from pam_duo_tools import cli  # noqa: E402
 from pam_duo_py.config import UsersSettings, parse_config  # noqa: E402
 from pam_duo_py.errors import ConfigError  # noqa: E402
-from pam_duo_py.import_duo_unix import ConversionError, convert, translate_groups  # noqa: E402
+from pam_duo_tools.import_duo_unix import ConversionError, convert, translate_groups  # noqa: E402
 
 DATA = pathlib.Path(__file__).resolve().parent / "data" / "duo_unix"
 SAMPLES = sorted(p.name for p in DATA.glob("*.conf"))
@@ -627,3 +627,58 @@ def test_cli_help(capsys):
     assert info.value.code == 0
     out = capsys.readouterr().out
     assert "SRC" in out and "DEST" in out and "0600" in out and "never overwritten" in out
+
+
+# --------------------------------------------------------------------------------------------
+# The translator table
+
+
+def test_every_duo_unix_option_has_exactly_one_translator():
+    from pam_duo_tools import import_duo_unix
+
+    keyed = [name for names in import_duo_unix._TRANSLATORS for name in names]
+    assert len(keyed) == len(set(keyed)), "an option is translated twice"
+    known = (import_duo_unix._COMMON | import_duo_unix._LOGIN_DUO_ONLY) - {"group"}  # read as groups
+    assert set(keyed) == known
+
+
+@pytest.mark.parametrize("extra, words", [
+    ("gecos_parsed = yes\n", ("gecos_parsed", "not carried", "off or had no effect")),
+    ("gecos_delim = /\n", ("gecos_delim", "not carried", "off or had no effect")),
+    ("gecos_username_pos = 2\n", ("gecos_username_pos", "not carried", "used the GECOS field", "build it from")),
+    ("send_gecos = no\n", ("send_gecos", "not carried", "off or had no effect")),
+    ("send_gecos = yes\ngecos_delim = /\n", ("lines 6, 7 (gecos_delim, send_gecos)", "used the GECOS field")),
+    ("dev_fips_mode = no\n", ("dev_fips_mode", "no effect in duo_unix either")),
+    ("fallback_local_ip = no\n", ("fallback_local_ip", "it was off, nothing changes")),
+    ("pushinfo = no\n", ()),
+    ("http_proxy =\n", ("http_proxy", "empty; no proxy")),
+    ("prompts = 2\nprompts = 5\n", ("prompts = '5'", "reads it as 5 and uses 3")),
+])
+def test_each_translator_notes_what_it_did(extra, words):
+    result = one(extra, "/etc/duo/login_duo.conf")
+    if words:
+        note_about(result, *words)
+    else:
+        assert not [n for n in result.notes if "pushinfo" in n]
+        assert toml(result)["auth"]["pushinfo_command"] is False
+
+
+def test_prompts_lines_only_lower_it():
+    result = one("prompts = 2\nprompts = 5\n")
+    assert toml(result)["auth"]["prompts"] == 2
+    note_about(result, "lines 6, 7 (prompts)", "the lowest value wins")
+
+
+def test_accept_env_factor_in_a_login_duo_file_has_no_pam_duo_note():
+    result = one("accept_env_factor = yes\n", "/etc/duo/login_duo.conf")
+    assert toml(result)["auth"]["accept_env_factor"] is True
+    assert not [n for n in result.notes if "pam_duo ignored" in n]
+    note_about(one("accept_env_factor = yes\n"), "accept_env_factor", "pam_duo ignored")
+
+
+def test_notes_of_equal_rank_keep_the_translators_order():
+    """Line 1 ties with the rank of the missing-keys and autopush+verified_push notes: the table's order decides."""
+    result = convert("accept_env_factor = maybe\nautopush = yes\nverified_push = yes\n", "/etc/duo/pam_duo.conf")
+    ranked = [n for n in result.notes if n.startswith(("ikey, skey, host", "line 1 ", "autopush and verified_push"))]
+    assert [n.split(":")[0] for n in ranked] == [
+        "ikey, skey, host", "line 1 (accept_env_factor = 'maybe')", "autopush and verified_push are both on"]

@@ -14,6 +14,7 @@ from pam_duo_py.config import parse_config
 from pam_duo_py.engine import Kind, Result
 from pam_duo_py.errors import DuoUnavailable, UserLookupError
 from pam_duo_py.events import EventSink
+from pam_duo_py.hosts import HostProfile, profile
 from pam_duo_py.login import LoginRequest, authenticate, ip_literal
 from pam_duo_py.replies import Device, Preauth
 from pam_duo_py.users import LocalUser
@@ -168,6 +169,24 @@ def test_su_to_root_asks_the_calling_user(monkeypatch):
     assert outcome.result is Result.SUCCESS
     assert duo.calls[0].args["identity"].params() == {"username": "carol"}
     assert events[-1]["user"] == "carol"
+
+
+def test_the_host_profile_on_the_request_decides_the_su_rule(monkeypatch):
+    carol = LocalUser("carol", 4321, 4321, "/home/carol", "/bin/sh")
+    monkeypatch.setattr(users, "lookup", lambda name: LocalUser("root", 0, 0, "/root", "/bin/sh") if name == "root" else None)
+    monkeypatch.setattr(users, "lookup_uid", lambda uid: carol if uid == 4321 else None)
+    duo = FakeDuo(Preauth("allow", "ok"))
+    run(LoginRequest(user="root", service="su", caller_uid=4321, host=HostProfile()), duo=duo)
+    assert duo.calls[0].args["identity"].params() == {"username": "root"}  # no su rule in this profile
+
+
+def test_the_command_for_pushinfo_comes_from_the_host_profile():
+    config = make_config("[auth]\npushinfo_command = true\n")
+    duo = FakeDuo(AUTH, auth=[{"txid": "TX1"}], status=[APPROVED])
+    request = LoginRequest(user=ME, service="sudo", tty="/dev/pts/1", host=profile("sudo", "id -un"))
+    outcome, _, _, _ = run(request, config=config, duo=duo, answers=["1"])
+    assert outcome.result is Result.SUCCESS
+    assert "Command=id+-un" in duo.auth_calls[0].args["params"]["pushinfo"]
 
 
 # -- as whom, and what is sent -------------------------------------------------------------------

@@ -12,7 +12,7 @@ import threading
 
 import pytest
 
-from pam_duo_py import metrics
+from pam_duo_tools import metrics
 from pam_duo_py.events import event
 
 NOW = 1_800_000_000.0

@@ -2,6 +2,7 @@
 (the datagrams themselves: tests/integration/test_journal_notify.py)."""
 from __future__ import annotations
 
+import json
 import os
 import threading
 
@@ -118,20 +119,18 @@ def test_error_kind(exc, long_poll, kind):
     assert error_kind(exc, long_poll=long_poll) == kind
 
 
-def test_every_call_is_noted_with_its_endpoint_time_and_kind(monkeypatch):
+def test_every_call_is_noted_with_its_endpoint_time_and_kind():
     clock = FakeClock()
-    client = DuoClient(SETTINGS, clock=clock, sleep=lambda s: None)
-    replies = iter([{"result": "allow", "status_msg": "ok"}, RuntimeError("x"), {"result": "maybe"}])
+    answers = iter([(200, {"stat": "OK", "response": {"result": "allow", "status_msg": "ok"}}),
+                    (429, {"stat": "FAIL", "code": 42901, "message": "Too Many Requests"}),
+                    (200, {"stat": "OK", "response": {"result": "maybe"}})])
 
-    def json_api_call(method, path, params):
+    def transport(method, host, path, headers, body, deadline):
         clock.advance(0.25)
-        reply = next(replies)
-        if isinstance(reply, RuntimeError):
-            reply.status, reply.data = 429, {"code": 42901}
-            raise reply
-        return reply
+        status, reply = next(answers)
+        return status, {}, json.dumps(reply).encode()
 
-    monkeypatch.setattr(client._auth, "json_api_call", json_api_call)
+    client = DuoClient(SETTINGS, clock=clock, sleep=lambda s: None, transport=transport)
     from pam_duo_py.config import DuoIdentity
     identity = DuoIdentity(username="alice")
     client.preauth(identity, ipaddr=None, hostname=None, verified_push=False)

@@ -7,7 +7,7 @@ the way Duo does (signature version 5: canonical request, HMAC-SHA512, ``Date`` 
 ``/usr/bin/python3 -I``.  Form-encoded requests with signature v2 (date, method, host, path,
 parameters; HMAC-SHA512 as duo_unix 2.x signs, or HMAC-SHA1 as duo_client's
 ``sig_version=2``) are accepted too, and the old REST v1 endpoints that Debian's
-``login_duo`` 1.11 speaks are served by :mod:`pam_duo_py.simulator_v1`.
+``login_duo`` 1.11 speaks are served by :mod:`pam_duo_sim.simulator_v1`.
 
 State directory
 ---------------

@@ -34,11 +34,11 @@ import re
 import sys
 import textwrap
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Callable, Sequence
 
-from . import files
-from .config import DEFAULT_PATH, DEFAULT_SOCKET, parse_config
-from .errors import ConfigError, PamDuoError
+from pam_duo_py import files
+from pam_duo_py.config import DEFAULT_PATH, DEFAULT_SOCKET, parse_config
+from pam_duo_py.errors import ConfigError, PamDuoError
 
 MAX_SOURCE_SIZE = 1 << 20
 LINE_BYTES = 199          # fgets() with duo_unix's 200-byte buffer
@@ -431,28 +431,62 @@ def _boolean(entries: list[_Entry], out: _Out) -> bool:
     return last.value in _TRUE
 
 
-def _translate(entries: list[_Entry], out: _Out, program: str | None, where: str) -> None:
-    by_name: dict[str, list[_Entry]] = {}
-    for entry in entries:
-        by_name.setdefault("groups" if entry.name == "group" else entry.name, []).append(entry)
+@dataclass(frozen=True)
+class _Source:
+    """The options as read: entries by name (``group`` counted as ``groups``), in file order."""
 
-    # Values duo_unix itself refuses (each one stops its parser).
+    by_name: dict[str, list[_Entry]]
+    program: str | None
+    where: str
+
+    def last(self, name: str) -> _Entry | None:
+        return self.by_name[name][-1] if name in self.by_name else None
+
+
+_Translator = Callable[[_Source, _Out], None]
+
+
+# Values duo_unix itself refuses (each one stops its parser): option name -> the problem, or None.
+def _bad_failmode(value: str) -> str | None:
+    if value in ("safe", "secure"):
+        return None
+    return f"failmode must be exactly safe or secure; duo_unix refuses this value (\"Invalid failmode: {_safe(value, 30)}\")"
+
+
+def _bad_gecos_username_pos(value: str) -> str | None:
+    if _atoi(value)[0] >= 1:
+        return None
+    return "gecos_username_pos must be 1 or more; duo_unix refuses it (\"Gecos position starts at 1\")"
+
+
+def _bad_gecos_delim(value: str) -> str | None:
+    if len(value) == 1 and value != ":" and 0x21 <= ord(value) <= 0x7E and not value.isalnum():
+        return None
+    return "gecos_delim must be one punctuation character other than ':'; duo_unix refuses this value"
+
+
+_VALUE_CHECKS: dict[str, Callable[[str], str | None]] = {
+    "failmode": _bad_failmode,
+    "gecos_username_pos": _bad_gecos_username_pos,
+    "gecos_delim": _bad_gecos_delim,
+}
+# Options whose values are carried as text: they must be valid UTF-8.
+_TEXT_OPTIONS = ("ikey", "skey", "host", "cafile", "http_proxy", "groups", "group")
+
+
+def _refuse_bad_values(entries: list[_Entry], out: _Out) -> None:
     for entry in entries:
-        if entry.name == "failmode" and entry.value not in ("safe", "secure"):
-            out.refuse(entry.line, f"failmode must be exactly safe or secure; duo_unix refuses this value "
-                                   f"(\"Invalid failmode: {_safe(entry.value, 30)}\")", duo_unix_stops=True)
-        elif entry.name == "gecos_username_pos" and _atoi(entry.value)[0] < 1:
-            out.refuse(entry.line, "gecos_username_pos must be 1 or more; duo_unix refuses it "
-                                   "(\"Gecos position starts at 1\")", duo_unix_stops=True)
-        elif entry.name == "gecos_delim" and (len(entry.value) != 1 or entry.value == ":" or not
-                                              (0x21 <= ord(entry.value) <= 0x7E and not entry.value.isalnum())):
-            out.refuse(entry.line, "gecos_delim must be one punctuation character other than ':'; "
-                                   "duo_unix refuses this value", duo_unix_stops=True)
-        elif entry.name in ("ikey", "skey", "host", "cafile", "http_proxy", "groups", "group") and _has_surrogates(entry.value):
+        check = _VALUE_CHECKS.get(entry.name)
+        problem = check(entry.value) if check else None
+        if problem:
+            out.refuse(entry.line, problem, duo_unix_stops=True)
+        elif entry.name in _TEXT_OPTIONS and _has_surrogates(entry.value):
             out.refuse(entry.line, f"the value of {entry.name} is not valid UTF-8")
 
-    # Repeated options and continuation lines.
-    for name, group in by_name.items():
+
+def _note_repeats(src: _Source, out: _Out) -> None:
+    """Repeated options and continuation lines, which duo_unix reads as new values."""
+    for name, group in src.by_name.items():
         if name == "groups":
             for entry in group:
                 if entry.continued and entry.value.startswith("#"):
@@ -469,137 +503,164 @@ def _translate(entries: list[_Entry], out: _Out, program: str | None, where: str
         if len(plain) > 1:
             rule = "the lowest value wins" if name == "prompts" else f"duo_unix uses the last one (line {group[-1].line})"
             out.note(f"{_lines(plain)} ({name}): set more than once; {rule}.", plain[0].line)
+
+
+def _note_quotes(entries: list[_Entry], out: _Out) -> None:
     for entry in entries:
-        if entry.name in ("ikey", "host", "cafile", "http_proxy", "groups", "group") and len(entry.value) >= 2 \
-                and entry.value[0] == entry.value[-1] and entry.value[0] in "\"'":
+        quoted = len(entry.value) >= 2 and entry.value[0] == entry.value[-1] and entry.value[0] in "\"'"
+        if quoted and entry.name in ("ikey", "host", "cafile", "http_proxy", "groups", "group"):
             out.note(f"line {entry.line} ({entry.name}): the value is in quotes; duo_unix keeps quotes as part of "
                      f"the value, and so does this conversion.", entry.line)
-        if entry.name == "skey" and len(entry.value) >= 2 and entry.value[0] == entry.value[-1] and entry.value[0] in "\"'":
+        if quoted and entry.name == "skey":
             out.note(f"line {entry.line} (skey): the value is in quotes; duo_unix keeps quotes as part of the key.", entry.line)
 
-    def last(name: str) -> _Entry | None:
-        return by_name[name][-1] if name in by_name else None
 
-    # ikey, skey, host.
-    for entry in by_name.get("skey", []):
+# --------------------------------------------------------------------------------------------
+# One translator per option (or per options duo_unix reads together), in the order their notes
+# are listed when they rank alike.
+
+
+def _duo_keys(src: _Source, out: _Out) -> None:
+    """ikey, skey, host: duo_unix refuses the file when one is missing (one message for the three)."""
+    for entry in src.by_name.get("skey", []):
         if entry.value:
             out.secrets.append(entry.value)
     missing = []
     for name in ("ikey", "skey", "host"):
-        entry = last(name)
+        entry = src.last(name)
         if entry is None or entry.value == "":
             missing.append(name)
             continue
         out.duo[name] = entry.value
         out.origin[f"duo.{name}"] = f"line {entry.line}"
-    failmode_entry = last("failmode")
-    failmode_valid = failmode_entry is None or failmode_entry.value in ("safe", "secure")
-    source_failmode = failmode_entry.value if failmode_entry is not None and failmode_valid else "safe"
-    if missing:
-        opened = " with failmode safe, it let every user in without Duo" if source_failmode == "safe" else \
-            " with failmode secure, it refused every login"
-        out.note(f"{', '.join(missing)}: missing or empty in the source. duo_unix refuses such a file (\"Missing host, "
-                 f"ikey, or skey in {where}\");{opened}. The converted config does not load until you set "
-                 + " and ".join(f"duo.{n}" for n in missing) + (" (or duo.skey_file)" if "skey" in missing else "")
-                 + ".", 1)
+    if not missing:
+        return
+    failmode = src.last("failmode")
+    source_failmode = failmode.value if failmode is not None and failmode.value in ("safe", "secure") else "safe"
+    opened = " with failmode safe, it let every user in without Duo" if source_failmode == "safe" else \
+        " with failmode secure, it refused every login"
+    out.note(f"{', '.join(missing)}: missing or empty in the source. duo_unix refuses such a file (\"Missing host, "
+             f"ikey, or skey in {src.where}\");{opened}. The converted config does not load until you set "
+             + " and ".join(f"duo.{n}" for n in missing) + (" (or duo.skey_file)" if "skey" in missing else "")
+             + ".", 1)
 
-    # failmode: always written.
-    if failmode_entry is None:
+
+def _failmode(src: _Source, out: _Out) -> None:
+    """Always written: secure when the source does not say (duo_unix's default was safe)."""
+    entry = src.last("failmode")
+    if entry is None:
         out.auth["failmode"] = "secure"
         out.origin["auth.failmode"] = "not set in the source (duo_unix's default was safe)"
         out.note("failmode: not set in the source, and duo_unix's default is \"safe\" (fail open: when Duo could not "
                  "be reached, users got in with their password alone). This config says failmode = \"secure\" (fail "
                  "closed): when Duo cannot be reached, logins are refused. Set \"safe\" only if you accept that risk.", 0)
-    elif failmode_valid:
-        out.auth["failmode"] = failmode_entry.value
-        out.origin["auth.failmode"] = f"line {failmode_entry.line}"
-        if failmode_entry.value == "safe":
-            out.note(f"line {failmode_entry.line} (failmode = safe): kept. When Duo cannot be reached (network, DNS, "
+    elif entry.value in ("safe", "secure"):
+        out.auth["failmode"] = entry.value
+        out.origin["auth.failmode"] = f"line {entry.line}"
+        if entry.value == "safe":
+            out.note(f"line {entry.line} (failmode = safe): kept. When Duo cannot be reached (network, DNS, "
                      f"TLS, timeout, 5xx), users get in without a second factor (logged as \"Failsafe Duo login\"). "
                      f"Unlike duo_unix, a configuration error, a 401 (bad keys, clock) or another 4xx never fails open "
                      f"here. Consider failmode = \"secure\".", 0)
 
-    # autopush, verified_push, pushinfo, accept_env_factor.
+
+def _auth_switches(src: _Source, out: _Out) -> None:
+    """autopush, verified_push, accept_env_factor: read together (duo_unix refuses autopush with verified_push)."""
     for name in ("autopush", "verified_push", "accept_env_factor"):
-        if name in by_name:
-            out.auth[name] = _boolean(by_name[name], out)
-            out.origin[f"auth.{name}"] = f"line {by_name[name][-1].line}"
+        if name in src.by_name:
+            out.auth[name] = _boolean(src.by_name[name], out)
+            out.origin[f"auth.{name}"] = f"line {src.by_name[name][-1].line}"
     if out.auth.get("autopush"):
-        out.note(f"line {by_name['autopush'][-1].line} (autopush = yes): one push to the default device, with no menu "
-                 f"and no retry (duo_unix pushed again up to prompts times, and login_duo fell back to the menu).",
-                 by_name["autopush"][-1].line)
+        line = src.by_name["autopush"][-1].line
+        out.note(f"line {line} (autopush = yes): one push to the default device, with no menu and no retry (duo_unix "
+                 f"pushed again up to prompts times, and login_duo fell back to the menu).", line)
     if out.auth.get("autopush") and out.auth.get("verified_push"):
         out.note("autopush and verified_push are both on: duo_unix refuses that (\"autopush and verified_push cannot "
                  "both be enabled\") and so does this config; turn one of them off.", 1)
-    if out.auth.get("accept_env_factor") and program == "pam_duo":
-        out.note(f"line {by_name['accept_env_factor'][-1].line} (accept_env_factor = yes): pam_duo ignored this option; "
-                 f"here too it only affects the ForceCommand wrapper pam-duo-login.", by_name["accept_env_factor"][-1].line)
-    if "pushinfo" in by_name:
-        entry = by_name["pushinfo"][-1]
-        out.auth["pushinfo_command"] = _boolean(by_name["pushinfo"], out)
-        out.origin["auth.pushinfo_command"] = f"line {entry.line} (pushinfo)"
-        if out.auth["pushinfo_command"]:
-            out.note(f"line {entry.line} (pushinfo = yes): becomes auth.pushinfo_command = true (duo_unix's pushinfo "
-                     f"added the command to the push); auth.pushinfo, which sends the host name, PAM service and "
-                     f"remote address, stays true.", entry.line)
+    if out.auth.get("accept_env_factor") and src.program == "pam_duo":
+        line = src.by_name["accept_env_factor"][-1].line
+        out.note(f"line {line} (accept_env_factor = yes): pam_duo ignored this option; here too it only affects the "
+                 f"ForceCommand wrapper pam-duo-login.", line)
 
-    # prompts: atoi, <= 0 -> 1, only lowers the starting value 3.
-    if "prompts" in by_name:
-        effective = 3
-        for entry in by_name["prompts"]:
-            number, plain = _atoi(entry.value)
-            clamped = max(1, number)
-            if not plain or not 1 <= number <= 3:
-                out.note(f"line {entry.line} (prompts = {_safe(entry.value, 20)}): duo_unix reads it as {number} and "
-                         f"uses {min(3, clamped)} (its range is 1 to 3, and ours too).", entry.line)
-            effective = min(effective, clamped)
-        out.auth["prompts"] = effective
-        out.origin["auth.prompts"] = f"{_lines(by_name['prompts'])}"
 
-    # https_timeout -> duo.timeout.
-    if "https_timeout" in by_name:
-        entry = by_name["https_timeout"][-1]
+def _pushinfo(src: _Source, out: _Out) -> None:
+    """duo_unix's pushinfo (the command in the push) is our auth.pushinfo_command."""
+    entry = src.last("pushinfo")
+    if entry is None:
+        return
+    out.auth["pushinfo_command"] = _boolean(src.by_name["pushinfo"], out)
+    out.origin["auth.pushinfo_command"] = f"line {entry.line} (pushinfo)"
+    if out.auth["pushinfo_command"]:
+        out.note(f"line {entry.line} (pushinfo = yes): becomes auth.pushinfo_command = true (duo_unix's pushinfo "
+                 f"added the command to the push); auth.pushinfo, which sends the host name, PAM service and "
+                 f"remote address, stays true.", entry.line)
+
+
+def _prompts(src: _Source, out: _Out) -> None:
+    """atoi, <= 0 counts as 1, and each line only lowers the starting value 3."""
+    if "prompts" not in src.by_name:
+        return
+    effective = 3
+    for entry in src.by_name["prompts"]:
         number, plain = _atoi(entry.value)
-        if number <= 0:
-            out.duo["timeout"] = DEFAULT_TIMEOUT
-            out.origin["duo.timeout"] = f"our default (https_timeout on line {entry.line} meant no timeout)"
-            out.note(f"line {entry.line} (https_timeout = {_safe(entry.value, 20)}): duo_unix reads that as no "
-                     f"timeout at all. Every Duo call here has a deadline: duo.timeout = {DEFAULT_TIMEOUT} (our "
-                     f"default).", entry.line)
-        else:
-            timeout = min(number, MAX_TIMEOUT)
-            out.duo["timeout"] = timeout
-            out.origin["duo.timeout"] = f"line {entry.line} (https_timeout)"
-            extra = ""
-            if not plain:
-                extra += f" duo_unix read {_safe(entry.value, 20)} as {number}."
-            if number > MAX_TIMEOUT:
-                extra += f" {number} is more than our limit, so {MAX_TIMEOUT}."
-            out.note(f"line {entry.line} (https_timeout = {number}): duo.timeout = {timeout}. Ours is one deadline for "
-                     f"the whole call, connect and TLS handshake included; duo_unix's limited only the wait for "
-                     f"Duo's answer.{extra}", entry.line)
-    else:
+        clamped = max(1, number)
+        if not plain or not 1 <= number <= 3:
+            out.note(f"line {entry.line} (prompts = {_safe(entry.value, 20)}): duo_unix reads it as {number} and "
+                     f"uses {min(3, clamped)} (its range is 1 to 3, and ours too).", entry.line)
+        effective = min(effective, clamped)
+    out.auth["prompts"] = effective
+    out.origin["auth.prompts"] = f"{_lines(src.by_name['prompts'])}"
+
+
+def _https_timeout(src: _Source, out: _Out) -> None:
+    """duo.timeout: every call here has a deadline, where duo_unix could wait without one."""
+    entry = src.last("https_timeout")
+    if entry is None:
         out.duo["timeout"] = DEFAULT_TIMEOUT
         out.origin["duo.timeout"] = "our default (https_timeout not set: duo_unix had no timeout)"
         out.note(f"https_timeout: not set, so duo_unix waited for Duo's answers without a limit. Every Duo call here "
                  f"has a deadline: duo.timeout = {DEFAULT_TIMEOUT} (our default).", 5000)
+        return
+    number, plain = _atoi(entry.value)
+    if number <= 0:
+        out.duo["timeout"] = DEFAULT_TIMEOUT
+        out.origin["duo.timeout"] = f"our default (https_timeout on line {entry.line} meant no timeout)"
+        out.note(f"line {entry.line} (https_timeout = {_safe(entry.value, 20)}): duo_unix reads that as no "
+                 f"timeout at all. Every Duo call here has a deadline: duo.timeout = {DEFAULT_TIMEOUT} (our "
+                 f"default).", entry.line)
+        return
+    timeout = min(number, MAX_TIMEOUT)
+    out.duo["timeout"] = timeout
+    out.origin["duo.timeout"] = f"line {entry.line} (https_timeout)"
+    extra = ""
+    if not plain:
+        extra += f" duo_unix read {_safe(entry.value, 20)} as {number}."
+    if number > MAX_TIMEOUT:
+        extra += f" {number} is more than our limit, so {MAX_TIMEOUT}."
+    out.note(f"line {entry.line} (https_timeout = {number}): duo.timeout = {timeout}. Ours is one deadline for "
+             f"the whole call, connect and TLS handshake included; duo_unix's limited only the wait for "
+             f"Duo's answer.{extra}", entry.line)
 
-    # http_proxy -> duo.proxy.
-    if "http_proxy" in by_name:
-        entry = by_name["http_proxy"][-1]
-        if entry.value == "":
-            out.note(f"line {entry.line} (http_proxy): empty; no proxy.", entry.line)
-        else:
-            proxy = _proxy(entry, out)
-            if proxy is not None:
-                out.duo["proxy"] = proxy
-                out.origin["duo.proxy"] = f"line {entry.line} (http_proxy)"
 
-    # cafile / noverify: verification is never turned off.
-    noverify = _boolean(by_name["noverify"], out) if "noverify" in by_name else False
-    cafile = last("cafile")
+def _http_proxy(src: _Source, out: _Out) -> None:
+    entry = src.last("http_proxy")
+    if entry is None:
+        return
+    if entry.value == "":
+        out.note(f"line {entry.line} (http_proxy): empty; no proxy.", entry.line)
+        return
+    proxy = _proxy(entry, out)
+    if proxy is not None:
+        out.duo["proxy"] = proxy
+        out.origin["duo.proxy"] = f"line {entry.line} (http_proxy)"
+
+
+def _tls_verification(src: _Source, out: _Out) -> None:
+    """noverify and cafile: verification is never turned off; duo_unix ignored cafile under noverify."""
+    noverify = _boolean(src.by_name["noverify"], out) if "noverify" in src.by_name else False
+    cafile = src.last("cafile")
     if noverify:
-        entry = by_name["noverify"][-1]
+        entry = src.by_name["noverify"][-1]
         keep = ""
         if cafile is not None and cafile.value:
             keep = f" duo.ca_file is set from cafile (line {cafile.line}), which duo_unix ignored while noverify was on."
@@ -609,21 +670,23 @@ def _translate(entries: list[_Entry], out: _Out, program: str | None, where: str
                  f"duo.ca_file; until then such connections fail"
                  + (" and, with failmode safe, let users in without Duo." if out.auth.get("failmode") == "safe" else "."),
                  entry.line)
-    if cafile is not None:
-        if cafile.value == "":
-            out.note(f"line {cafile.line} (cafile = <empty>): an empty cafile turned TLS certificate verification off in "
-                     f"duo_unix. Not carried: verification cannot be turned off here; duo.ca_file is left empty, which "
-                     f"means the Duo CA bundle shipped with duo-client.", cafile.line)
-        elif not os.path.isabs(cafile.value):
-            out.refuse(cafile.line, f"cafile {_safe(cafile.value)} is a relative path, which duo_unix resolved "
-                                    f"against the working directory of whatever program loaded it; duo.ca_file must "
-                                    f"be absolute: give the full path")
-        else:
-            out.duo["ca_file"] = cafile.value
-            out.origin["duo.ca_file"] = f"line {cafile.line} (cafile)"
+    if cafile is None:
+        return
+    if cafile.value == "":
+        out.note(f"line {cafile.line} (cafile = <empty>): an empty cafile turned TLS certificate verification off in "
+                 f"duo_unix. Not carried: verification cannot be turned off here; duo.ca_file is left empty, which "
+                 f"means the Duo CA bundle shipped with duo-client.", cafile.line)
+    elif not os.path.isabs(cafile.value):
+        out.refuse(cafile.line, f"cafile {_safe(cafile.value)} is a relative path, which duo_unix resolved "
+                                f"against the working directory of whatever program loaded it; duo.ca_file must "
+                                f"be absolute: give the full path")
+    else:
+        out.duo["ca_file"] = cafile.value
+        out.origin["duo.ca_file"] = f"line {cafile.line} (cafile)"
 
-    # groups -> users.groups.
-    group_entries = by_name.get("groups", [])
+
+def _group_tokens(group_entries: list[_Entry], out: _Out) -> list[str]:
+    """Every line's tokens together, as duo_unix collects them, up to its limit."""
     tokens: list[str] = []
     for entry in group_entries:
         for token in _split_groups(entry.value):
@@ -632,57 +695,108 @@ def _translate(entries: list[_Entry], out: _Out, program: str | None, where: str
                                        f"(\"Exceeded max 256 groups\")", duo_unix_stops=True)
                 break
             tokens.append(token)
-    if tokens:
-        patterns, exact, remarks, all_negated = translate_groups(tokens)
-        where_groups = f"{_lines(group_entries)} (groups)"
-        out.origin["users.groups"] = where_groups.split(" (")[0]
-        if all_negated and not patterns:
-            out.refuse(group_entries[0].line, "groups has no group pattern at all (only commas); duo_unix treats "
-                                              "that as all negated and asks nobody for Duo; write the groups you mean")
-        elif all_negated:
-            out.groups = patterns
-            out.note(f"{where_groups}: every pattern is negated, so duo_unix matched no one and asked NOBODY for Duo "
-                     f"(it logged \"All configured groups are negated ...\"). Adding \"*\" would not reproduce that "
-                     f"(it would ask everyone else for Duo), so users.groups is kept as written, and this config "
-                     f"refuses to load until you decide: [\"*\", " + ", ".join(toml_string(p) for p in patterns) + "] to ask "
-                     f"everyone except those groups, or take the module out of the PAM stacks if nobody should do Duo.",
-                     2)
-        else:
-            out.groups = patterns
-            verdict = "the same users must do Duo" if exact else "not an exact translation"
-            combined = " (the lines combined, as duo_unix does)" if len(group_entries) > 1 else ""
-            out.note(f"{where_groups}: users.groups = [" + ", ".join(toml_string(p) for p in patterns) + f"]{combined}: {verdict}."
-                     + "".join(f" Note: {r}." for r in remarks)
-                     + " Users outside users.groups get PAM_IGNORE here, where duo_unix returned PAM_SUCCESS: use "
-                       "one of the PAM stacks in the README.", group_entries[0].line)
+    return tokens
 
-    # GECOS options.
-    gecos = [e for name in ("send_gecos", "gecos_username_pos", "gecos_delim", "gecos_parsed") for e in by_name.get(name, [])]
-    if gecos:
-        used = (("send_gecos" in by_name and by_name["send_gecos"][-1].value in _TRUE) or "gecos_username_pos" in by_name)
-        how = ("duo_unix used the GECOS field, or a part of it, as the Duo user name" if used
-               else "in this file they were off or had no effect")
-        out.note(f"{_lines(gecos)} (" + ", ".join(sorted({e.name for e in gecos})) + f"): not carried; {how}. The "
-                 f"GECOS field can be changed by the user (chfn), so it must not decide who they are at Duo: the Duo "
-                 f"user here is the local name, and users.map_file maps the exceptions, one 'localname duoname' per "
-                 f"line" + (" (build it from the GECOS fields you relied on)." if used else "."), gecos[0].line)
 
-    # Options with no counterpart.
-    for name in ("fallback_local_ip", "motd", "dev_fips_mode"):
-        if name not in by_name:
-            continue
-        entry = by_name[name][-1]
-        on = entry.value in _TRUE
-        if name == "fallback_local_ip":
-            text = ("not carried: duo_unix sent this server's own address to Duo as the client's when the client "
-                    "address was not an IP literal; we never send this server's address as the client's (such logins "
-                    "go to Duo without a client address)") if on else "not carried (it was off, nothing changes)"
-        elif name == "motd":
-            text = ("not carried: pam-duo-login does not print /etc/motd; let sshd (PrintMotd) or pam_motd "
-                    "show it") if on else "not carried (it was off, nothing changes)"
-        else:
+def _groups(src: _Source, out: _Out) -> None:
+    """groups (and its alias group) -> users.groups."""
+    group_entries = src.by_name.get("groups", [])
+    tokens = _group_tokens(group_entries, out)
+    if not tokens:
+        return
+    patterns, exact, remarks, all_negated = translate_groups(tokens)
+    where_groups = f"{_lines(group_entries)} (groups)"
+    out.origin["users.groups"] = where_groups.split(" (")[0]
+    if all_negated and not patterns:
+        out.refuse(group_entries[0].line, "groups has no group pattern at all (only commas); duo_unix treats "
+                                          "that as all negated and asks nobody for Duo; write the groups you mean")
+    elif all_negated:
+        out.groups = patterns
+        out.note(f"{where_groups}: every pattern is negated, so duo_unix matched no one and asked NOBODY for Duo "
+                 f"(it logged \"All configured groups are negated ...\"). Adding \"*\" would not reproduce that "
+                 f"(it would ask everyone else for Duo), so users.groups is kept as written, and this config "
+                 f"refuses to load until you decide: [\"*\", " + ", ".join(toml_string(p) for p in patterns) + "] to ask "
+                 f"everyone except those groups, or take the module out of the PAM stacks if nobody should do Duo.",
+                 2)
+    else:
+        out.groups = patterns
+        verdict = "the same users must do Duo" if exact else "not an exact translation"
+        combined = " (the lines combined, as duo_unix does)" if len(group_entries) > 1 else ""
+        out.note(f"{where_groups}: users.groups = [" + ", ".join(toml_string(p) for p in patterns) + f"]{combined}: {verdict}."
+                 + "".join(f" Note: {r}." for r in remarks)
+                 + " Users outside users.groups get PAM_IGNORE here, where duo_unix returned PAM_SUCCESS: use "
+                   "one of the PAM stacks in the README.", group_entries[0].line)
+
+
+_GECOS_OPTIONS = ("send_gecos", "gecos_username_pos", "gecos_delim", "gecos_parsed")
+
+
+def _gecos(src: _Source, out: _Out) -> None:
+    """Not carried: the user can change the GECOS field, so it must not choose the Duo user."""
+    gecos = [e for name in _GECOS_OPTIONS for e in src.by_name.get(name, [])]
+    if not gecos:
+        return
+    used = ("send_gecos" in src.by_name and src.by_name["send_gecos"][-1].value in _TRUE) \
+        or "gecos_username_pos" in src.by_name
+    how = ("duo_unix used the GECOS field, or a part of it, as the Duo user name" if used
+           else "in this file they were off or had no effect")
+    out.note(f"{_lines(gecos)} (" + ", ".join(sorted({e.name for e in gecos})) + f"): not carried; {how}. The "
+             f"GECOS field can be changed by the user (chfn), so it must not decide who they are at Duo: the Duo "
+             f"user here is the local name, and users.map_file maps the exceptions, one 'localname duoname' per "
+             f"line" + (" (build it from the GECOS fields you relied on)." if used else "."), gecos[0].line)
+
+
+def _not_carried(name: str, when_on: str | None) -> _Translator:
+    """A translator for an option with no counterpart: a note with ``when_on`` (None: whatever its value)."""
+
+    def translate(src: _Source, out: _Out) -> None:
+        entry = src.last(name)
+        if entry is None:
+            return
+        if when_on is None:
             text = "not carried: it had no effect in duo_unix either (FIPS mode is a system-wide OpenSSL setting)"
-        out.note(f"{_lines(by_name[name])} ({name}): {text}.", entry.line)
+        elif entry.value in _TRUE:
+            text = "not carried: " + when_on
+        else:
+            text = "not carried (it was off, nothing changes)"
+        out.note(f"{_lines(src.by_name[name])} ({name}): {text}.", entry.line)
+
+    return translate
+
+
+# Option names (one, or those duo_unix reads together) -> translator. The order is the order in
+# which notes of equal rank are listed. "group" is read as "groups".
+_TRANSLATORS: dict[tuple[str, ...], _Translator] = {
+    ("ikey", "skey", "host"): _duo_keys,
+    ("failmode",): _failmode,
+    ("autopush", "verified_push", "accept_env_factor"): _auth_switches,
+    ("pushinfo",): _pushinfo,
+    ("prompts",): _prompts,
+    ("https_timeout",): _https_timeout,
+    ("http_proxy",): _http_proxy,
+    ("noverify", "cafile"): _tls_verification,
+    ("groups",): _groups,
+    _GECOS_OPTIONS: _gecos,
+    ("fallback_local_ip",): _not_carried(
+        "fallback_local_ip", "duo_unix sent this server's own address to Duo as the client's when the client "
+        "address was not an IP literal; we never send this server's address as the client's (such logins "
+        "go to Duo without a client address)"),
+    ("motd",): _not_carried(
+        "motd", "pam-duo-login does not print /etc/motd; let sshd (PrintMotd) or pam_motd show it"),
+    ("dev_fips_mode",): _not_carried("dev_fips_mode", None),
+}
+
+
+def _translate(entries: list[_Entry], out: _Out, program: str | None, where: str) -> None:
+    by_name: dict[str, list[_Entry]] = {}
+    for entry in entries:
+        by_name.setdefault("groups" if entry.name == "group" else entry.name, []).append(entry)
+    src = _Source(by_name, program, where)
+    _refuse_bad_values(entries, out)
+    _note_repeats(src, out)
+    _note_quotes(entries, out)
+    for translate in _TRANSLATORS.values():
+        translate(src, out)
 
 
 # --------------------------------------------------------------------------------------------

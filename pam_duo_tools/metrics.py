@@ -25,11 +25,11 @@ import time
 import zlib
 from typing import IO, Any, Iterator
 
-from . import files
+from pam_duo_py import files
 from .audit import open_for_reading
-from .errors import FileRuleError
-from .events import ADMIN_OUTCOMES, OUTCOMES
-from .text import for_log
+from pam_duo_py.errors import FileRuleError
+from pam_duo_py.events import ADMIN_OUTCOMES, OUTCOMES
+from pam_duo_py.text import for_log
 
 STATE_FILE = "/var/lib/pam_duo_py/metrics-state.json"
 TEXTFILE_NAME = "pam_duo_py.prom"
@@ -314,7 +314,7 @@ def _locked(path: str) -> int | None:
 
 def broker_stats(socket_path: str, now: float) -> dict[str, Any] | None:
     """The broker's stats when they are fresh (the broker is up and its main loop turns), else None."""
-    from .broker_health import stats_path
+    from pam_duo_py.broker_health import stats_path
 
     try:
         data = json.loads(files.read_checked(stats_path(socket_path)).decode("utf-8"))
@@ -461,8 +461,8 @@ def write_textfile(directory: str, text: str) -> None:
 
 def _config(config_path: str) -> tuple[str | None, str, str | None]:
     """(log.audit_file or None, broker.socket, problem). Only [log] and [broker] are looked at."""
-    from .config import tomllib
-    from .paths import DEFAULT_SOCKET
+    from pam_duo_py.config import tomllib
+    from pam_duo_py.paths import DEFAULT_SOCKET
 
     try:
         data = tomllib.loads(files.read_checked_stat(config_path, private=True)[0].decode("utf-8"))

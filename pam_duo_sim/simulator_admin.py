@@ -1,6 +1,6 @@
 """The simulator's Duo Admin API: users, phones, tokens, aliases, bypass codes, enrollment.
 
-Served by :class:`pam_duo_py.simulator.Simulator` for every ``/admin/`` path, signed with
+Served by :class:`pam_duo_sim.simulator.Simulator` for every ``/admin/`` path, signed with
 Admin API keys of its own (never the Auth API keys; each pair is refused on the other API):
 
 * ``admin.toml`` (0600): an ``[admin]`` table with a key that may read and write;

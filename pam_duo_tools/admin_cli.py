@@ -1,6 +1,6 @@
 """``pam-duo-py admin``: break-glass bypass codes, enrollment and a rollout readiness report.
 
-The Admin API keys come from ``admin.toml`` (:mod:`pam_duo_py.admin_config`); the user
+The Admin API keys come from ``admin.toml`` (:mod:`pam_duo_tools.admin_config`); the user
 mapping and ``users.groups`` come from the main config, through the same function as logins
 (:func:`pam_duo_py.users.duo_identity_for`). Exit status: 0 ok, 1 error (configuration,
 unknown user, anyone locked out in ``readiness``), 2 Duo unreachable or refused.
@@ -14,11 +14,11 @@ import time
 from datetime import datetime, timezone
 from typing import Any, Callable, TextIO
 
-from . import users as users_mod
+from pam_duo_py import users as users_mod
 from .admin_api import STATE_TEXT, AdminApi, DuoDirectory, admin_transport, alias_names, classify, readiness_json
-from .config import Config, DuoIdentity, load_config
-from .errors import ConfigError, DuoError, UserLookupError
-from .text import for_display
+from pam_duo_py.config import Config, DuoIdentity, load_config
+from pam_duo_py.errors import ConfigError, DuoError, UserLookupError
+from pam_duo_py.text import for_display
 
 EXIT_OK, EXIT_ERROR, EXIT_DUO = 0, 1, 2
 MAX_CODES = 10
@@ -66,18 +66,19 @@ def _print_problems(title: str, problems: Any) -> None:
 
 
 def _who_is(config: Config, name: str, service: str = SERVICE) -> tuple[str, DuoIdentity, bool]:
-    """(local user, Duo identity, exempt) for a local user, by the login path's rule."""
-    try:
-        local = users_mod.lookup(name)
-        if local is None:
-            raise _error(f"no such local user: {for_display(name, 100)!r}")
-        person = users_mod.second_factor_user(service, local, local.uid) or local
-        identity = users_mod.duo_identity_for(config.users, person)
-    except UserLookupError as exc:
-        raise _error(str(exc)) from None
-    if identity is None:
-        return person.name, config.users.duo_identity(person.name), True
-    return person.name, identity, False
+    """(local user, Duo identity, exempt) for a local user, by the login path's own rule."""
+    from pam_duo_py.engine import Kind
+    from pam_duo_py.hosts import profile
+    from pam_duo_py.login import resolve
+
+    who = resolve(config.users, name, profile(service), caller_uid=0)  # as root: the target does Duo
+    if who.stop is not None and who.stop.kind is Kind.ERROR:
+        raise _error(who.stop.reason)
+    if who.person is None:
+        raise _error(f"no such local user: {for_display(name, 100)!r}")
+    if who.identity is None:
+        return who.person.name, config.users.duo_identity(who.person.name), True
+    return who.person.name, who.identity, False
 
 
 def _when(stamp: Any) -> str | None:
@@ -207,7 +208,7 @@ def cmd_bypass_code(config: Config, api: AdminApi, name: str, *, count: int, use
 
 
 def _admin_event(action: str, local: str, duo_user: str, reason: str, **extra: Any) -> dict[str, Any]:
-    from .events import event
+    from pam_duo_py.events import event
 
     return event("admin", user=local, duo_user=duo_user, service=SERVICE, reason=reason, action=action, **extra)
 
@@ -243,13 +244,16 @@ def local_users_needing_duo(config: Config, service: str) -> list[tuple[str, Duo
     """Every local account with a login shell that would have to do Duo, with its Duo identity."""
     import pwd
 
+    from pam_duo_py.hosts import profile
+
+    host = profile(service)
     rows = []
     seen = set()
     for entry in sorted(pwd.getpwall(), key=lambda e: (e.pw_uid, e.pw_name)):
         if entry.pw_name in seen or entry.pw_shell.strip() in NO_LOGIN_SHELLS:
             continue
         seen.add(entry.pw_name)
-        if service in ("su", "su-l") and entry.pw_uid == 0:
+        if entry.pw_uid == 0 and host.caller_does_duo:
             continue  # su to root: the calling user does Duo, as themselves
         person = users_mod.LocalUser(entry.pw_name, entry.pw_uid, entry.pw_gid, entry.pw_dir, entry.pw_shell)
         identity = users_mod.duo_identity_for(config.users, person)
@@ -297,7 +301,7 @@ def main(args: Any) -> int:
                 return cmd_user(config, api, args.name, args.json)
             if args.admin_command == "readiness":
                 return cmd_readiness(config, api, args.service or SERVICE, args.json)
-            from .events import EventSink
+            from pam_duo_py.events import EventSink
 
             emit = EventSink(config.log.audit_file).emit
             if args.admin_command == "bypass-code":
@@ -326,7 +330,7 @@ def _permission_hint(exc: DuoError) -> str:
 def check_admin(path: str) -> int:
     """``check``'s report on admin.toml: keys accepted, and which permissions they carry."""
     from .admin_config import load_admin_config
-    from .errors import DuoRefused
+    from pam_duo_py.errors import DuoRefused
 
     try:
         settings = load_admin_config(path)

@@ -4,18 +4,24 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
-from . import __version__
-from .paths import DEFAULT_ADMIN_CONFIG
-from .paths import DEFAULT_CONFIG as DEFAULT_PATH
+from pam_duo_py import __version__
+from pam_duo_py.paths import DEFAULT_ADMIN_CONFIG
+from pam_duo_py.paths import DEFAULT_CONFIG as DEFAULT_PATH
+
+if TYPE_CHECKING:
+    from pam_duo_py.config import Config, DuoIdentity
+    from pam_duo_py.duo import DuoClient
+    from pam_duo_py.replies import Preauth
 
 EXIT_OK, EXIT_CONFIG, EXIT_DUO, EXIT_CLOCK = 0, 1, 2, 3
 # Where duo_unix keeps its config: its own default, then Debian's libpam-duo and login-duo.
 DUO_UNIX_PATHS = ("/etc/duo/pam_duo.conf", "/etc/duo/login_duo.conf",
                   "/etc/security/pam_duo.conf", "/etc/security/login_duo.conf")
 SIMULATOR_MISSING = ("pam-duo-py simulate: the Duo simulator is not installed. It is a test and demo tool and "
-                     "is not part of this package; run it from a source checkout: python3 -m pam_duo_py simulate")
+                     "is not part of this package; install it with scripts/install.sh --with-simulator, or run it "
+                     "from a source checkout: python3 -m pam_duo_sim")
 CLOCK_LIMIT = 60.0
 
 
@@ -159,8 +165,8 @@ def _duration(text: str) -> float:
 
 
 def _check(config_path: str, user: str | None, offline: bool = False) -> int:
-    from .config import load_config
-    from .errors import ConfigError, DuoError
+    from pam_duo_py.config import load_config
+    from pam_duo_py.errors import ConfigError, DuoError
 
     try:
         config = load_config(config_path)
@@ -171,8 +177,8 @@ def _check(config_path: str, user: str | None, offline: bool = False) -> int:
         return EXIT_CONFIG
     print(f"Config {config_path}: OK")
     if config.log.audit_file:
-        from . import files
-        from .errors import FileRuleError
+        from pam_duo_py import files
+        from pam_duo_py.errors import FileRuleError
 
         try:
             files.check_directories(config.log.audit_file)
@@ -182,7 +188,7 @@ def _check(config_path: str, user: str | None, offline: bool = False) -> int:
     if offline:
         return EXIT_OK
 
-    from .duo import DuoClient
+    from pam_duo_py.duo import DuoClient
 
     client = DuoClient(config.duo)
     host = config.duo.host + (f":{config.duo.port}" if config.duo.port else "")
@@ -204,62 +210,68 @@ def _check(config_path: str, user: str | None, offline: bool = False) -> int:
         print(f"Clock: offset from Duo {round(offset):+d} s (OK; the Date header has 1 s resolution)")
 
     if user:
-        from . import users as users_mod
-        from .answers import build_menu
-        from .errors import UserLookupError
-
-        local = users_mod.lookup(user)
-        if local is None:
-            print(f"User {user}: no such local user", file=sys.stderr)
-            return EXIT_CONFIG
-        try:
-            identity = users_mod.duo_identity_for(config.users, local)
-        except UserLookupError as exc:
-            print(f"User {user}: logins are refused (PAM_SERVICE_ERR): {exc}", file=sys.stderr)
-            client.close()
-            return EXIT_CONFIG
-        if identity is None:
-            print(f"User {user}: exempt (not in users.groups); Duo is not asked")
-            client.close()
-            return status
-        try:
-            pre = client.preauth(identity, ipaddr=None, hostname=None, verified_push=config.auth.verified_push)
-        except DuoError as exc:
-            print(f"User {user}: preauth FAILED: {exc}", file=sys.stderr)
-            return EXIT_DUO
-        finally:
-            client.close()
-        from .text import for_display
-
-        shown = f"Duo user {for_display(str(identity), 100)}"
-        pre = pre.replace(status_msg=for_display(pre.status_msg, 300),
-                          enroll_portal_url=for_display(pre.enroll_portal_url or "", 500))
-        if pre.result == "allow":
-            print(f"User {user} ({shown}): allowed without a second factor ({pre.status_msg})")
-        elif pre.result == "deny":
-            print(f"User {user} ({shown}): denied: {pre.status_msg}")
-        elif pre.result == "enroll":
-            print(f"User {user} ({shown}): must enroll first: {pre.enroll_portal_url}")
-        else:
-            print(f"User {user} ({shown}): second factor required; the menu would offer:")
-            menu = build_menu(local.name, pre.devices)
-            for number, option in enumerate(menu.options, start=1):
-                print(f"  {number}. {option.label}")
-            print("  or a passcode")
-            default = menu.default()
-            mode = "autopush" if config.auth.autopush else "menu"
-            print(f"  mode: {mode}; non-interactive logins push to: {default.label if default else 'nothing (no push device)'}")
+        status = _check_user(config, client, user, status)
     client.close()
     return status
+
+
+def _check_user(config: Config, client: DuoClient, user: str, status: int) -> int:
+    """``check --user``: who the login would be for (the login's own rule), and what preauth says."""
+    from pam_duo_py.engine import Kind
+    from pam_duo_py.errors import DuoError
+    from pam_duo_py.hosts import HostProfile
+    from pam_duo_py.login import resolve
+
+    who = resolve(config.users, user, HostProfile(), os.getuid())
+    if who.stop is not None and who.stop.kind is Kind.ERROR:
+        print(f"User {user}: logins are refused (PAM_SERVICE_ERR): {who.stop.reason}", file=sys.stderr)
+        return EXIT_CONFIG
+    if who.person is None:
+        print(f"User {user}: no such local user", file=sys.stderr)
+        return EXIT_CONFIG
+    if who.identity is None:
+        print(f"User {user}: exempt (not in users.groups); Duo is not asked")
+        return status
+    try:
+        pre = client.preauth(who.identity, ipaddr=None, hostname=None, verified_push=config.auth.verified_push)
+    except DuoError as exc:
+        print(f"User {user}: preauth FAILED: {exc}", file=sys.stderr)
+        return EXIT_DUO
+    _print_preauth(config, user, who.person.name, who.identity, pre)
+    return status
+
+
+def _print_preauth(config: Config, user: str, local: str, identity: DuoIdentity, pre: Preauth) -> None:
+    from pam_duo_py.answers import build_menu
+    from pam_duo_py.text import for_display
+
+    shown = f"Duo user {for_display(str(identity), 100)}"
+    pre = pre.replace(status_msg=for_display(pre.status_msg, 300),
+                      enroll_portal_url=for_display(pre.enroll_portal_url or "", 500))
+    if pre.result == "allow":
+        print(f"User {user} ({shown}): allowed without a second factor ({pre.status_msg})")
+    elif pre.result == "deny":
+        print(f"User {user} ({shown}): denied: {pre.status_msg}")
+    elif pre.result == "enroll":
+        print(f"User {user} ({shown}): must enroll first: {pre.enroll_portal_url}")
+    else:
+        print(f"User {user} ({shown}): second factor required; the menu would offer:")
+        menu = build_menu(local, pre.devices)
+        for number, option in enumerate(menu.options, start=1):
+            print(f"  {number}. {option.label}")
+        print("  or a passcode")
+        default = menu.default()
+        mode = "autopush" if config.auth.autopush else "menu"
+        print(f"  mode: {mode}; non-interactive logins push to: {default.label if default else 'nothing (no push device)'}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["simulate"]:
         try:
-            from .simulator import main as simulate_main
+            from pam_duo_sim.simulator import main as simulate_main
         except ModuleNotFoundError as exc:
-            if exc.name != f"{__package__}.simulator":
+            if exc.name not in ("pam_duo_sim", "pam_duo_sim.simulator"):
                 raise
             print(SIMULATOR_MISSING, file=sys.stderr)
             return EXIT_CONFIG
@@ -283,7 +295,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return admin_main(args)
     if args.command == "broker":
-        from .broker_server import main as broker_main
+        from pam_duo_py.broker_server import main as broker_main
 
         return broker_main(args.config, args.socket)
     if args.command == "import-duo-unix":

@@ -23,10 +23,10 @@ import zlib
 from datetime import datetime, timezone
 from typing import IO, Any, Iterable, Iterator
 
-from . import files
-from .errors import FileRuleError
-from .events import ADMIN_OUTCOMES, OUTCOMES
-from .text import for_log
+from pam_duo_py import files
+from pam_duo_py.errors import FileRuleError
+from pam_duo_py.events import ADMIN_OUTCOMES, OUTCOMES
+from pam_duo_py.text import for_log
 
 EXIT_OK, EXIT_NO_FILE = 0, 1
 MAX_LINE = 64 * 1024
@@ -342,7 +342,7 @@ def _table(summary: dict[str, Any], path: str, window: str) -> str:
 
 def _configured_audit_file(config_path: str) -> tuple[str | None, str | None]:
     """(audit file from log.audit_file, or None with an error message). Only [log] is looked at."""
-    from .config import tomllib
+    from pam_duo_py.config import tomllib
 
     try:
         raw = files.read_checked_stat(config_path, private=True)[0]

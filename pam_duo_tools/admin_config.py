@@ -10,11 +10,11 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from . import config, files
-from .config import DuoSettings
-from .errors import ConfigError, FileRuleError
+from pam_duo_py import config, files
+from pam_duo_py.config import DuoSettings
+from pam_duo_py.errors import ConfigError, FileRuleError
 
-from .paths import DEFAULT_ADMIN_CONFIG
+from pam_duo_py.paths import DEFAULT_ADMIN_CONFIG
 SECTION = "admin"
 
 # The [duo] validators name their keys "duo.<key>"; here the same keys live in [admin].

@@ -4,7 +4,7 @@ Debian 12 packages duo_unix 1.11.3 (``login-duo``, ``libpam-duo``). Its libduo p
 Auth API v2: it POSTs form-encoded parameters to ``/rest/v1/preauth.bson`` and
 ``/rest/v1/auth.bson``, long-polls ``GET /rest/v1/status.bson?txid=``, signs each request
 with HMAC-SHA1 over ``METHOD\\nhost\\npath\\nparams`` (no date) and reads BSON replies. Serving
-it lets Duo's own client run against the same scripted users (see :mod:`pam_duo_py.simulator`),
+it lets Duo's own client run against the same scripted users (see :mod:`pam_duo_sim.simulator`),
 which checks the simulator against Duo's reading of the protocol and not only against ours.
 
 * preauth (``user``, ``ipaddr``, ``hostname``, ``failmode``): ``allow``/``deny``/``enroll`` with

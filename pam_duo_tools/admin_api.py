@@ -14,8 +14,8 @@ from __future__ import annotations
 import urllib.parse
 from typing import Any, Iterator, Protocol
 
-from .config import DuoIdentity, DuoSettings
-from .errors import DuoMalformedReply, DuoRefused
+from pam_duo_py.config import DuoIdentity, DuoSettings
+from pam_duo_py.errors import DuoMalformedReply, DuoRefused
 
 PAGE_SIZE = 300  # the Admin API's largest page
 MAX_PAGES = 10_000
@@ -47,13 +47,17 @@ class Transport(Protocol):
 
 def admin_transport(settings: DuoSettings) -> Transport:
     """The real transport: :class:`DuoClient` with Duo's paging metadata kept."""
-    from .duo import DuoClient
+    from pam_duo_py.duo import DuoClient
 
-    class _AdminTransport(DuoClient):
+    class _AdminTransport:
         def __init__(self, settings: DuoSettings) -> None:
-            super().__init__(settings)
-            # duo-client's json_api_call keeps only "response"; paging needs "metadata" too.
-            self._auth.parse_json_response = self._auth.parse_json_response_and_metadata
+            self.client = DuoClient(settings)
+
+        def call(self, method: str, path: str, params: dict[str, Any]) -> Any:
+            return self.client.call(method, path, params, metadata=True)
+
+        def close(self) -> None:
+            self.client.close()
 
     return _AdminTransport(settings)
 
