@@ -40,10 +40,10 @@ class LoginRequest(Record, hidden=("password", "env_passcode",)):
 
 def ip_literal(rhost: str | None) -> str | None:
     """PAM_RHOST as an IP address, or None (host names are never sent to Duo as an address)."""
-    import ipaddress
-
     if not rhost:
         return None
+    import ipaddress  # here: local logins (su, sudo) have no PAM_RHOST and skip the import
+
     candidate = rhost.strip()
     if candidate.startswith("[") and candidate.endswith("]"):
         candidate = candidate[1:-1]

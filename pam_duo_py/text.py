@@ -1,17 +1,23 @@
-"""Making text from users and from Duo safe for terminals and for log lines."""
+"""Making text from users and from Duo safe for terminals and for log lines.
+
+Translation tables rather than regular expressions: compiling the two character classes
+cost every in-process login about a millisecond.
+"""
 from __future__ import annotations
 
-import re
-
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
-_LOG_UNSAFE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069\\'\"]")
+# C0 and C1 controls, DEL, line/paragraph separators and the bidirectional overrides/isolates.
+_BIDI = (0x2028, 0x2029, *range(0x202A, 0x202F), *range(0x2066, 0x206A))
+_UNSAFE = (*range(0x00, 0x20), *range(0x7F, 0xA0), *_BIDI)
+_DISPLAY = dict.fromkeys(c for c in _UNSAFE if c not in (0x09, 0x0A))  # deleted (tabs were made spaces)
+_LOG = {c: (f"\\x{c:02x}" if c < 0x100 else f"\\u{c:04x}") for c in _UNSAFE}
+_LOG.update({ord(c): "\\" + c for c in "\\'\""})
 
 
 def for_display(text: object, limit: int = 1000) -> str:
     """Strip control and escape characters (keeping newlines) from text shown to a user."""
     if not isinstance(text, str):
         text = "" if text is None else str(text)
-    text = _CONTROL.sub("", text.replace("\r\n", "\n").replace("\t", " "))
+    text = text.replace("\r\n", "\n").replace("\t", " ").translate(_DISPLAY)
     return text[:limit]
 
 
@@ -21,12 +27,4 @@ def for_log(text: object, limit: int = 256) -> str:
         text = "" if text is None else str(text)
     if len(text) > limit:
         text = text[:limit] + "..."
-
-    def escape(match: re.Match[str]) -> str:
-        char = match.group(0)
-        if char in "\\'\"":
-            return "\\" + char
-        code = ord(char)
-        return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
-
-    return _LOG_UNSAFE.sub(escape, text)
+    return text.translate(_LOG)
