@@ -16,6 +16,7 @@ plain function in unit tests.
 """
 from __future__ import annotations
 
+import _thread
 import socket
 import ssl
 import sys
@@ -48,6 +49,7 @@ if TYPE_CHECKING:  # annotations only: importing typing costs milliseconds per l
 # -- duo-client, for its request signing ---------------------------------------------------------
 
 _PRIVATE_PACKAGE = "pam_duo_py._duo_client"
+_LOADING = _thread.allocate_lock()  # _thread is built in: no import cost on the login path
 # Modules duo-client's client module imports only for code this product does not run: its own
 # connection and request loop (http.client, email.utils, random) and its command-line demo
 # (argparse). Each costs an in-process login milliseconds, so they are imported on first use.
@@ -84,8 +86,14 @@ def duo_client_module() -> ModuleType:
     same moment (once ``threading`` is loaded, as in the broker, they are imported normally).
     """
     module = sys.modules.get(_PRIVATE_PACKAGE + ".client")
-    if module is not None:
+    if module is not None and not _LOADING.locked():
         return module
+    with _LOADING:  # in the broker, concurrent first logins: one loads, the others wait for the whole module
+        module = sys.modules.get(_PRIVATE_PACKAGE + ".client")
+        return module if module is not None else _load_duo_client()
+
+
+def _load_duo_client() -> ModuleType:
     import importlib
     import importlib.machinery
 
