@@ -16,6 +16,7 @@ plain function in unit tests.
 """
 from __future__ import annotations
 
+import _thread
 import socket
 import ssl
 import sys
@@ -73,6 +74,10 @@ def _https_wrapper_not_used(*args: Any, **kwargs: Any) -> Any:
     raise NotImplementedError("duo-client's own HTTPS connection is not used: see pam_duo_py.transport")
 
 
+_client: ModuleType | None = None  # duo-client's client module, once fully imported
+_loading = _thread.allocate_lock()
+
+
 def duo_client_module() -> ModuleType:
     """duo-client's ``client`` module (signing, ``DEFAULT_CA_CERTS``), loaded for as little as it needs.
 
@@ -83,9 +88,15 @@ def duo_client_module() -> ModuleType:
     as :class:`_OnFirstUse` while it is imported, unless another thread could import at the
     same moment (once ``threading`` is loaded, as in the broker, they are imported normally).
     """
-    module = sys.modules.get(_PRIVATE_PACKAGE + ".client")
-    if module is not None:
-        return module
+    global _client
+    if _client is None:
+        with _loading:  # the broker's login threads may all ask at once
+            if _client is None:
+                _client = _load_duo_client()
+    return _client
+
+
+def _load_duo_client() -> ModuleType:
     import importlib
     import importlib.machinery
 
