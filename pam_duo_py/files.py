@@ -224,3 +224,18 @@ def _sync_directory(directory: str) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def socket_directory_problem(path: str) -> str | None:
+    """Why the directory of the broker socket ``path`` cannot be trusted, or None.
+
+    It must be root's and not writable by group or others, or a user could stand
+    in for the broker. Raises OSError when the directory cannot be inspected.
+    """
+    directory = os.path.dirname(path) or "/"
+    st = os.stat(directory)
+    if st.st_uid != 0:
+        return f"{directory} is not owned by root"
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        return f"{directory} is writable by group or others"
+    return None

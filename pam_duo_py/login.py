@@ -3,20 +3,24 @@
 Shared by the PAM module and the broker; each supplies its own prompter and the
 request's :class:`~pam_duo_py.hosts.HostProfile`. :func:`resolve` (who the login is
 for) also serves ``pam-duo-py check --user`` and the admin commands.
+:class:`LoginRequest` is also what the PAM module hands to the broker, so this
+module imports the engine, the config and the Duo client only when a login is
+decided here (:class:`InProcess`, :func:`authenticate`).
 """
 from __future__ import annotations
 
-import socket
-from typing import Callable
-
-from .record import Record
-from . import users
 from .hosts import HostProfile, profile
-from .config import Config, DuoIdentity, DuoSettings, UsersSettings
-from .engine import Engine, Kind, Login, Outcome, Prompter, Result
-from .errors import UserLookupError
-from .events import CLAIMED, EventSink, event
-from .users import LocalUser
+from .record import Record
+from .result import Result
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # annotations only: a login through the broker never imports these
+    from typing import Callable
+
+    from .config import Config, DuoIdentity, DuoSettings, UsersSettings
+    from .engine import Outcome, Prompter
+    from .events import EventSink
+    from .users import LocalUser
 
 
 class LoginRequest(Record, hidden=("password", "env_passcode",)):
@@ -66,6 +70,10 @@ class Resolved(Record):
 def resolve(settings: UsersSettings, user: str, host: HostProfile, caller_uid: int) -> Resolved:
     """The local user, the su rule, the exemption by ``users.groups`` and the Duo identity, for a login
     and for ``check --user``. A lookup that fails is never an exemption."""
+    from . import users
+    from .engine import Kind, Outcome
+    from .errors import UserLookupError
+
     try:
         target = users.lookup(user)
         person = users.second_factor_user(host, target, caller_uid) if target else None
@@ -85,6 +93,9 @@ def resolve(settings: UsersSettings, user: str, host: HostProfile, caller_uid: i
 def authenticate(config: Config, request: LoginRequest, ui: Prompter, *, sink: EventSink,
                  duo_factory: Callable = _default_duo, hostname: str | None = None) -> Outcome:
     """Decide one login and log the decision. Never raises for expected failures."""
+    from .engine import Engine, Login
+    from .events import CLAIMED, event
+
     shown_rhost = request.rhost if request.trusted_address or not request.rhost else request.rhost + CLAIMED
     host = request.host or profile(request.service)
     base = {"user": request.user, "service": request.service, "rhost": shown_rhost, "tty": request.tty}
@@ -102,7 +113,7 @@ def authenticate(config: Config, request: LoginRequest, ui: Prompter, *, sink: E
         rhost=shown_rhost,
         ipaddr=ip_literal(request.rhost) if request.trusted_address else None,
         tty=request.tty,
-        hostname=hostname or socket.gethostname(),
+        hostname=hostname or _hostname(),
         command=host.command,
         holds_info_messages=host.holds_info_messages,
         password=request.password,
@@ -132,6 +143,48 @@ def _stores(config: Config, caller_uid: int, sink: EventSink) -> dict:
         if config.auth.preferred_device:
             stores["devices"] = PreferredDevices(config.remember.state_dir, on_problem=sink.error)
     return stores
+
+
+def _hostname() -> str:
+    import socket
+
+    return socket.gethostname()
+
+
+class InProcess:
+    """The login decided in this process, with the config at ``config_path`` (loaded once, when first needed)."""
+
+    def __init__(self, config_path: str, *, debug: bool = False) -> None:
+        self.config_path = config_path
+        self.debug = debug
+        self._config: Config | None = None
+        self._loaded = False
+
+    def config(self) -> Config | None:
+        """The config; None when it does not load (each problem is logged, once)."""
+        if not self._loaded:
+            self._loaded = True
+            from .config import load_config
+            from .errors import ConfigError
+
+            try:
+                self._config = load_config(self.config_path)
+            except ConfigError as exc:
+                from .logline import LOG_ERR, send_syslog
+                from .text import for_log
+
+                for problem in exc.problems:
+                    send_syslog(LOG_ERR, "configuration error: " + for_log(problem, 1000))
+        return self._config
+
+    def authenticate(self, request: LoginRequest, ui: Prompter) -> Result:
+        config = self.config()
+        if config is None:
+            return Result.SERVICE_ERR
+        from .events import EventSink
+
+        sink = EventSink(config.log.audit_file, debug=self.debug)
+        return authenticate(config, request, ui, sink=sink).result
 
 
 def _duo_facts(duo: object) -> dict:

@@ -20,12 +20,13 @@ if TYPE_CHECKING:  # annotations only: importing typing costs milliseconds per l
     from typing import Any
 
 from .errors import ConversationError
-from .logline import LOG_ERR, send_syslog
+from .login import InProcess, LoginRequest
 from .paths import DEFAULT_CONFIG, DEFAULT_SOCKET
+from .result import Result
 
 # Only what a login through the broker needs is imported up front: the config
 # parser, the Duo client and the engine are imported when the login is decided
-# here, in-process.
+# here, in-process (see login.py).
 
 SERVICE_ERR_FALLBACK = 3
 PAM_SILENT = 0x8000
@@ -115,99 +116,87 @@ def parse_arguments(argv: list[str]) -> tuple[str, bool, list[str]]:
 
 
 def _log_error(prefix: str, text: str, limit: int = 1000) -> None:
+    from .logline import LOG_ERR, send_syslog
     from .text import for_log
 
     send_syslog(LOG_ERR, prefix + for_log(text, limit))
 
 
-def _authenticate(pamh: Any, flags: int, argv: list[str]) -> int:
+class BrokerFirst:
+    """As root: the broker at ``DEFAULT_SOCKET``, then the one the config names, then in-process.
+
+    A broker that does not take the login (none there, no answer within 2 s, busy,
+    serving another config) leaves it to the next; nothing went to Duo then.
+    """
+
+    def __init__(self, config_path: str, local: Any, default_socket: str = DEFAULT_SOCKET,
+                 broker: Any = None) -> None:
+        self.config_path = config_path
+        self.local = local
+        self.default_socket = default_socket
+        self._backend_for = broker  # (socket path, config path) -> backend; BrokerBackend when None
+
+    def _broker(self, socket_path: str, request: LoginRequest, ui: Any) -> Result | None:
+        if not os.path.exists(socket_path):
+            return None
+        if self._backend_for is None:
+            from .broker_client import BrokerBackend
+
+            self._backend_for = BrokerBackend
+        result = self._backend_for(socket_path, self.config_path).authenticate(request, ui)
+        return None if result.declined else result
+
+    def authenticate(self, request: LoginRequest, ui: Any) -> Result:
+        # The broker checks that it serves this same config file, and declines otherwise.
+        result = self._broker(self.default_socket, request, ui)
+        if result is not None:
+            return result
+        config = self.local.config()
+        if config is None:
+            return Result.SERVICE_ERR
+        if config.broker.socket != self.default_socket:
+            result = self._broker(config.broker.socket, request, ui)
+        return self.local.authenticate(request, ui) if result is None else result
+
+
+def choose_backend(config_path: str, debug: bool) -> Any:
+    """Where this login is decided: in-process, or (as root) first by a broker."""
+    local = InProcess(config_path, debug=debug)
+    return BrokerFirst(config_path, local, DEFAULT_SOCKET) if os.geteuid() == 0 else local
+
+
+def login_request(pamh: Any) -> LoginRequest | None:
+    """What PAM tells us about this login; None when there is no usable user name."""
+    try:
+        user = pamh.get_user(None)
+    except UnicodeDecodeError:
+        return None
+    except pamh.exception:
+        return None
+    if not isinstance(user, str) or not user:
+        return None
+    from .hosts import command_for, profile
+
+    service = _item(pamh, "service") or ""
+    return LoginRequest(user=user, service=service, rhost=_item(pamh, "rhost"), tty=_item(pamh, "tty"),
+                        host=profile(service, command_for(service)), password=_item(pamh, "authtok"),
+                        caller_uid=os.getuid())
+
+
+def _authenticate(pamh: Any, flags: int, argv: list[str], choose: Any = None) -> int:
     args = [a for a in argv[1:] if isinstance(a, str)] if isinstance(argv, (list, tuple)) else []
     conf, debug, problems = parse_arguments(args)
     if problems:
         for problem in problems:
             _log_error("configuration error: PAM line: ", problem)
         return _code(pamh, "SERVICE_ERR")
-
-    try:
-        user = pamh.get_user(None)
-    except UnicodeDecodeError:
+    request = login_request(pamh)
+    if request is None:
         return _code(pamh, "USER_UNKNOWN")
-    except pamh.exception:
-        return _code(pamh, "USER_UNKNOWN")
-    if not isinstance(user, str) or not user:
-        return _code(pamh, "USER_UNKNOWN")
-
-    service = _item(pamh, "service") or ""
     silent = bool(flags & PAM_SILENT) if isinstance(flags, int) else False
-    from .hosts import command_for, profile
-
-    host = profile(service, command_for(service))
-    fields = {
-        "user": user,
-        "service": service,
-        "rhost": _item(pamh, "rhost"),
-        "tty": _item(pamh, "tty"),
-        "password": _item(pamh, "authtok"),
-    }
-    ui = PamPrompter(pamh, silent=silent, holds_info=host.holds_info_messages)
-    as_root = os.geteuid() == 0
-    if as_root and os.path.exists(DEFAULT_SOCKET):
-        # The broker checks that it serves this same config file, and refuses otherwise.
-        result = _via_broker(DEFAULT_SOCKET, conf, dict(fields, command=host.command), ui)
-        if result is not None:
-            return _code(pamh, result)
-
-    from .config import load_config
-    from .errors import ConfigError
-
-    try:
-        config = load_config(conf)
-    except ConfigError as exc:
-        for problem in exc.problems:
-            _log_error("configuration error: ", problem)
-        return _code(pamh, "SERVICE_ERR")
-
-    socket_path = config.broker.socket
-    if as_root and socket_path != DEFAULT_SOCKET and os.path.exists(socket_path):
-        result = _via_broker(socket_path, conf, dict(fields, command=host.command), ui)
-        if result is not None:
-            return _code(pamh, result)
-
-    from .events import EventSink
-    from .login import LoginRequest, authenticate
-
-    request = LoginRequest(caller_uid=os.getuid(), host=host, **fields)
-    sink = EventSink(config.log.audit_file, debug=debug)
-    outcome = authenticate(config, request, ui, sink=sink)
-    return _code(pamh, outcome.result.value)
-
-
-def _via_broker(socket_path: str, conf: str, fields: dict, ui: PamPrompter) -> str | None:
-    """Hand the login to the broker. None: the broker did not take it, so decide in-process.
-
-    Until the broker accepts the login (within 2 s: a stopped or overloaded broker
-    does not), or when it answers "busy", nothing has gone to Duo and the login is
-    decided here. Once accepted, a broken connection is a refusal, never a second
-    try in-process (a push may already be on its way).
-    """
-    from .broker import NotAccepted, ProtocolError, connect, converse
-    from .result import Result
-
-    try:
-        sock = connect(socket_path)
-    except ProtocolError:
-        return None
-    try:
-        with sock:
-            result, message = converse(sock, dict(fields, config=os.path.abspath(conf), caller_uid=os.getuid()), ui)
-    except NotAccepted:
-        return None
-    except (ProtocolError, OSError):
-        send_syslog(LOG_ERR, "lost the broker during a login; refused")
-        return "AUTH_ERR"
-    if result in (Result.BUSY, Result.OTHER_CONFIG):
-        return None  # busy, or it serves another config: decide here, with ours (nothing was sent to Duo)
-    return result.pam_name
+    ui = PamPrompter(pamh, silent=silent, holds_info=request.host.holds_info_messages)
+    backend = (choose or choose_backend)(conf, debug)
+    return _code(pamh, backend.authenticate(request, ui).pam_name)
 
 
 def pam_sm_authenticate(pamh: Any, flags: int, argv: list[str]) -> int:

@@ -25,6 +25,12 @@ class Result(str, enum.Enum):
     BUSY = "BUSY"  # too many concurrent logins for this user: the PAM module decides in-process
     OTHER_CONFIG = "OTHER_CONFIG"  # the broker serves another config: the PAM module decides in-process
     BAD_CONFIG = "BAD_CONFIG"  # the broker's config no longer loads: refused, as SERVICE_ERR
+    NOT_ACCEPTED = "NOT_ACCEPTED"  # never on the wire: no broker, no answer in time, or it hung up first
+
+    @property
+    def declined(self) -> bool:
+        """The broker did not take the login and nothing went to Duo: the PAM module decides it in-process."""
+        return self in _DECLINED
 
     @property
     def pam_name(self) -> str:
@@ -35,10 +41,12 @@ class Result(str, enum.Enum):
     def from_wire(cls, name: object) -> Result | None:
         """The result a peer named, or None for anything that is not one."""
         try:
-            return cls(name) if isinstance(name, str) else None
+            result = cls(name) if isinstance(name, str) else None
         except ValueError:
             return None
+        return None if result is Result.NOT_ACCEPTED else result
 
 
 _PAM_NAMES = frozenset(("SUCCESS", "AUTH_ERR", "MAXTRIES", "IGNORE", "USER_UNKNOWN", "CONV_ERR",
                         "AUTHINFO_UNAVAIL", "SERVICE_ERR"))
+_DECLINED = frozenset((Result.BUSY, Result.OTHER_CONFIG, Result.NOT_ACCEPTED))

@@ -15,7 +15,8 @@ import signal
 import sys
 from typing import Sequence
 
-from .broker import WRAPPER_ACK_TIMEOUT, NotAccepted, ProtocolError, connect, converse
+from .broker_client import connect, converse
+from .broker_protocol import WRAPPER_ACK_TIMEOUT, NotAccepted, ProtocolError
 from .paths import DEFAULT_SOCKET
 from .result import Result
 from .errors import ConversationError

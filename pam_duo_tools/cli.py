@@ -295,7 +295,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return admin_main(args)
     if args.command == "broker":
-        from pam_duo_py.broker import main as broker_main
+        from pam_duo_py.broker_server import main as broker_main
 
         return broker_main(args.config, args.socket)
     if args.command == "import-duo-unix":

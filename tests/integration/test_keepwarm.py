@@ -12,7 +12,7 @@ from typing import Callable, Iterator
 
 import pytest
 
-from pam_duo_py.broker import ClientPool
+from pam_duo_py.broker_server import ClientPool
 from pam_duo_py.config import DuoIdentity, DuoSettings
 from pam_duo_py.duo import DuoClient
 from pam_duo_sim.simulator import Simulator

@@ -35,7 +35,8 @@ import json
 import sys
 
 sys.path.insert(0, {str(LIB_DIR)!r})
-from pam_duo_py.broker import ProtocolError, connect, converse  # noqa: E402
+from pam_duo_py.broker_client import connect, converse  # noqa: E402
+from pam_duo_py.broker_protocol import ProtocolError  # noqa: E402
 from pam_duo_py.errors import ConversationError  # noqa: E402
 
 

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from pam_duo_py.broker import MESSAGES, FIRST_FRAME_TIMEOUT, MAX_FRAME, MAX_PER_UID, connect, converse, recv_frame
+from pam_duo_py.broker_client import connect, converse
+from pam_duo_py.broker_protocol import FIRST_FRAME_TIMEOUT, MAX_FRAME, MAX_PER_UID, MESSAGES, recv_frame
 from pam_duo_py.errors import ConversationError
 from pam_duo_py.result import Result
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from pam_duo_py.broker import MAX_PER_USER, MESSAGES
+from pam_duo_py.broker_protocol import MAX_PER_USER, MESSAGES
 from pam_duo_py.result import Result
 
 from .brokerkit import fc_root  # noqa: F401  (fixture)

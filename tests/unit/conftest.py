@@ -3,11 +3,13 @@
 The unit layer needs no root and no network. Every test runs with the socket
 constructors replaced: any attempt to open a socket (even a Unix or loopback
 one) is recorded and fails the test, even when the code under test swallows
-the error. Syslog output goes to the ``syslog_lines`` list instead of
+the error. Only ``socket.socketpair()`` stays: a connected pair of Unix sockets
+inside the test, for the broker protocol. Syslog output goes to the ``syslog_lines`` list instead of
 ``/dev/log``.
 """
 from __future__ import annotations
 
+import _socket
 import os
 import socket
 import sys
@@ -51,10 +53,26 @@ def no_network(monkeypatch):
             attempts.append("socket")
             raise NetworkUsed("socket.socket called in a unit test")
 
+    real_socket = socket.socket
+
+    def socketpair(family=socket.AF_UNIX, type=socket.SOCK_STREAM, proto=0):
+        if family != socket.AF_UNIX:
+            attempts.append("socketpair")
+            raise NetworkUsed("socket.socketpair of a network family called in a unit test")
+        a, b = _socket.socketpair(family, type, proto)
+        return real_socket(family, type, proto, a.detach()), real_socket(family, type, proto, b.detach())
+
     monkeypatch.setattr(socket, "socket", RefusedSocket)
-    for name in ("create_connection", "getaddrinfo", "socketpair", "fromfd", "create_server",
+    monkeypatch.setattr(socket, "socketpair", socketpair)
+    for name in ("create_connection", "getaddrinfo", "fromfd", "create_server",
                  "gethostbyname", "gethostbyname_ex", "gethostbyaddr"):
         monkeypatch.setattr(socket, name, refuse(name))
+    from pam_duo_py import broker_client  # it builds its sockets from _socket (no socket module on that path)
+
+    class RefusedBrokerSocket(RefusedSocket):
+        pass
+
+    monkeypatch.setattr(broker_client, "BrokerSocket", RefusedBrokerSocket)
     yield attempts
     assert attempts == [], f"the code under test tried to use the network: {attempts}"
 

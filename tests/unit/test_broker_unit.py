@@ -10,8 +10,11 @@ import struct
 
 import pytest
 
-from pam_duo_py import broker, watch
-from pam_duo_py.broker import Broker, NotAccepted, ProtocolError, converse
+from pam_duo_py import broker_server as broker
+from pam_duo_py import watch
+from pam_duo_py.broker_client import converse
+from pam_duo_py.broker_protocol import NotAccepted, ProtocolError
+from pam_duo_py.broker_server import Broker
 from pam_duo_py.errors import ConfigError
 from pam_duo_py.result import Result
 

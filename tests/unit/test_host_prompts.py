@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from fakes import APPROVED, PASSCODE_OK, FakeClock, FakeDuo, FakePamh, FakePrompter
-from pam_duo_py.broker import _caller_uid
+from pam_duo_py.broker_trust import _caller_uid
 from pam_duo_py.config import AuthSettings, DuoIdentity
 from pam_duo_py.engine import MSG_SSHD_NOTICE, Engine, Login, Result
 from pam_duo_py.hosts import profile

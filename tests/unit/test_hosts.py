@@ -68,3 +68,23 @@ def test_the_engine_knows_no_host_program():
         tree = ast.parse(handle.read())
     imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
     assert "hosts" not in imported
+
+
+def test_only_hosts_tells_the_host_programs_apart_by_service_name():
+    """su, sudo and sshd are named in code only in hosts.py: everything else asks the HostProfile."""
+    import ast
+    import os
+
+    from conftest import ROOT
+
+    names = {"su", "su-l", "sudo", "sshd"}
+    found = []
+    for package in ("pam_duo_py", "pam_duo_tools"):
+        for name in sorted(os.listdir(os.path.join(ROOT, package))):
+            if not name.endswith(".py") or (package, name) == ("pam_duo_py", "hosts.py"):
+                continue
+            with open(os.path.join(ROOT, package, name), encoding="utf-8") as handle:
+                tree = ast.parse(handle.read())
+            found += [f"{package}/{name}:{node.lineno}" for node in ast.walk(tree)
+                      if isinstance(node, ast.Constant) and node.value in names]
+    assert found == []

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from pam_duo_py import keepwarm
-from pam_duo_py.broker import ClientPool
+from pam_duo_py.broker_server import ClientPool
 from pam_duo_py.config import DuoSettings
 from tests.unit.fakes import FakeClock
 

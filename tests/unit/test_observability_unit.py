@@ -89,7 +89,7 @@ def test_watchdog_interval():
 
 def test_health_snapshot_reads_the_real_broker(tmp_path, monkeypatch):
     """The snapshot reads the broker's own counters: this fails when they are renamed."""
-    from pam_duo_py.broker import Broker, ClientPool
+    from pam_duo_py.broker_server import Broker, ClientPool
 
     broker = Broker.__new__(Broker)
     broker.socket_path = str(tmp_path / "b.sock")

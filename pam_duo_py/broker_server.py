@@ -1,238 +1,50 @@
-"""The privileged broker (docs/behaviour.md §7): it holds the keys so that ``pam-duo-login``,
-running as the logged-in user, never can read them.
+"""The broker: the privileged responder that decides logins for its clients (docs/behaviour.md §7).
 
-Wire protocol, over a Unix stream socket: every frame is a 4-byte big-endian
-length followed by that many bytes of UTF-8 JSON (one object, at most 64 KiB).
+It holds the keys so that ``pam-duo-login``, running as the logged-in user, never
+can read them. The wire protocol and its limits are in
+:mod:`pam_duo_py.broker_protocol`; who may claim what is
+:func:`pam_duo_py.broker_trust.login_request`. This module accepts connections
+within those limits, keeps Duo connections warm between logins (:class:`ClientPool`)
+and runs each login with :func:`pam_duo_py.login.authenticate`.
 
-client -> broker, first frame::
-
-    {"type": "login", "user": "alice", "service": "sshd", "rhost": "203.0.113.5",
-     "tty": "/dev/pts/3", "interactive": true, "command": "ls", "env_passcode": null,
-     "password": null, "config": "/etc/pam_duo_py/pam_duo.toml", "caller_uid": 1000}
-
-(``caller_uid``: the real uid of the program that runs the PAM stack, taken from root callers
-only; under su it is the user who ran su, who does Duo for su to root.)
-
-broker -> client, first answer, one of::
-
-    {"type": "accepted"}                        the broker took the login; nothing was sent to Duo yet
-    {"type": "busy", "message": "..."}          too many concurrent logins for this user; then it hangs up
-    {"type": "result", ...}                     a refusal before the login started (below)
-
-A PAM client that gets no first answer within ``ACK_TIMEOUT`` (a stopped or
-overloaded broker), ``busy`` (``Result.BUSY`` to the caller), ``OTHER_CONFIG``, or
-a connection closed before ``accepted``, decides the login in-process: nothing was
-sent to Duo. After ``accepted``, a lost broker is a refusal (a push may be on its
-way). ``pam-duo-login`` has no in-process fallback: for it all of these are a refusal.
-
-After ``accepted``, any number of::
-
-    {"type": "ask", "text": "..."}     client answers {"type": "answer", "text": "..."} or {"type": "eof"}
-    {"type": "show", "text": "..."}    client answers {"type": "ack"}
-    {"type": "alert", "text": "..."}   client answers {"type": "ack"}
-
-and last ``{"type": "result", "result": "SUCCESS", "message": "..."}`` (a name of
-:class:`~pam_duo_py.result.Result`), after which the broker closes the connection.
-``message`` is empty except when the broker itself refuses, and then it is text for
-people (clients decide on ``result`` alone): a first frame that is not a valid
-frame, or does not arrive whole within ``FIRST_FRAME_TIMEOUT``, gets ``SERVICE_ERR``
-/ ``"bad request"``; a first frame of another type ``SERVICE_ERR`` / ``"expected a
-login request"``; a root caller naming another config file ``OTHER_CONFIG`` (the PAM
-module then decides in-process); a config that changed on disk and no longer loads
-``BAD_CONFIG``.
-
-Trust: the caller's uid comes from the kernel (``SO_PEERCRED``). Root (the PAM
-module inside sshd or sudo) may name any user, address, service and password.
-Anyone else is authenticated as their own user only, under the service
-``pam-duo-login``; the address they send is logged as claimed and never sent to
-Duo; ``password`` is ignored.
-
-Limits, so that no caller can make the broker refuse or delay other users:
-concurrent logins are capped per target user for root callers (``MAX_PER_USER``)
-and per uid for others (``MAX_PER_UID``); open connections are capped in all
-(``MAX_CONNECTIONS``) and per non-root uid (``MAX_CONNECTIONS_PER_UID``); over a
-cap a connection is shed (closed at once). Running out of file descriptors or
-threads sheds the newest connection and never ends the broker.
-
-Before each login the broker compares the identity of its config file and of
-every file the config names with what it loaded (see :mod:`pam_duo_py.watch`)
-and reloads on a change.
+Before each login it compares the identity of its config file and of every file
+the config names with what it loaded (see :mod:`pam_duo_py.watch`) and reloads on
+a change.
 """
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
 import stat
-import struct
 import sys
 import time
 
 TYPE_CHECKING = False
-if TYPE_CHECKING:  # annotations only: importing typing costs milliseconds per login
+if TYPE_CHECKING:
     from typing import Any, Callable
 
-from .errors import ConfigError, ConversationError, PamDuoError
-from .paths import DEFAULT_SOCKET  # noqa: F401  (the socket clients look for first)
+from .broker_client import check_socket_dir
+from .broker_protocol import (
+    ANSWER_TIMEOUT,
+    FIRST_FRAME_TIMEOUT,
+    MAX_CONNECTIONS,
+    MAX_CONNECTIONS_PER_UID,
+    MAX_PER_UID,
+    MAX_PER_USER,
+    MESSAGES,
+    ProtocolError,
+    peer_uid,
+    recv_frame,
+    send_frame,
+)
+from .broker_trust import Refusal, login_request
+from .errors import ConfigError, ConversationError
 from .result import Result
 
-MAX_FRAME = 64 * 1024
-FIRST_FRAME_TIMEOUT = 5.0  # for the whole first frame: a client that trickles bytes is cut off too
-ANSWER_TIMEOUT = 180.0  # for each whole answer frame
-ACK_TIMEOUT = 2.0  # a PAM client waits this long for "accepted", then decides in-process
-WRAPPER_ACK_TIMEOUT = 10.0  # pam-duo-login has no fallback: it waits longer, then refuses
-MAX_PER_UID = 4  # concurrent logins of one non-root caller
-MAX_PER_USER = 16  # concurrent logins for one target user from root callers; more go in-process
-MAX_CONNECTIONS = 512  # open client connections in all (further bounded by RLIMIT_NOFILE)
-MAX_CONNECTIONS_PER_UID = 2 * MAX_PER_UID  # of one non-root uid, requests not yet read included
 NOFILE_TARGET = 65536  # the soft RLIMIT_NOFILE the broker raises itself to (at most the hard limit)
 TICK = 1.0  # seconds between calls of Broker.tick from the accept loop
 MAX_IDLE_CLIENTS = 8
-WRAPPER_SERVICE = "pam-duo-login"
-# The text that goes with the broker's own answers, for people (pam-duo-login shows it).
-MESSAGES = {
-    Result.BUSY: "too many concurrent logins for this user",
-    Result.OTHER_CONFIG: "the broker serves another config",
-    Result.BAD_CONFIG: "configuration error (see the system log)",
-}
-_HEADER = struct.Struct(">I")
-
-
-class ProtocolError(PamDuoError):
-    """A frame that is not what the protocol allows, or a peer that went away."""
-
-
-class NotAccepted(ProtocolError):
-    """The broker did not accept the login (no answer in time, or it hung up): nothing went to Duo."""
-
-
-def send_frame(sock: socket.socket, message: dict[str, Any]) -> None:
-    data = json.dumps(message, ensure_ascii=True, separators=(",", ":")).encode()
-    if len(data) > MAX_FRAME:
-        raise ProtocolError("frame too large")
-    try:
-        sock.sendall(_HEADER.pack(len(data)) + data)
-    except OSError as exc:
-        raise ProtocolError(f"peer went away: {exc.strerror or exc}") from None
-
-
-def _recv_exact(sock: socket.socket, size: int, deadline: float | None = None) -> bytes:
-    chunks, left = [], size
-    while left:
-        try:
-            if deadline is not None:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise ProtocolError("peer went away: timed out")
-                sock.settimeout(remaining)
-            chunk = sock.recv(min(left, 65536))
-        except OSError as exc:
-            raise ProtocolError(f"peer went away: {exc.strerror or exc}") from None
-        if not chunk:
-            raise ProtocolError("peer closed the connection")
-        chunks.append(chunk)
-        left -= len(chunk)
-    return b"".join(chunks)
-
-
-def recv_frame(sock: socket.socket, deadline: float | None = None) -> dict[str, Any]:
-    """One frame. ``deadline`` (``time.monotonic()``) bounds the whole frame, not each read."""
-    (size,) = _HEADER.unpack(_recv_exact(sock, _HEADER.size, deadline))
-    if size > MAX_FRAME:
-        raise ProtocolError("frame too large")
-    try:
-        message = json.loads(_recv_exact(sock, size, deadline).decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
-        raise ProtocolError("frame is not JSON") from None
-    if not isinstance(message, dict) or not isinstance(message.get("type"), str):
-        raise ProtocolError("frame is not a typed object")
-    return message
-
-
-def peer_uid(sock: socket.socket) -> int:
-    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    _pid, uid, _gid = struct.unpack("3i", creds)
-    return uid
-
-
-# -- client side (pam-duo-login and the PAM module) ------------------------------------------------
-
-
-def check_socket_dir(path: str) -> None:
-    """The socket's directory must be root's and not writable by others, or a user could stand in for the broker."""
-    directory = os.path.dirname(path) or "/"
-    st = os.stat(directory)
-    if st.st_uid != 0:
-        raise ProtocolError(f"{directory} is not owned by root")
-    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-        raise ProtocolError(f"{directory} is writable by group or others")
-
-
-def connect(path: str, timeout: float = ACK_TIMEOUT) -> socket.socket:
-    """Connect to the broker, checking that the socket directory and the peer are root's."""
-    try:
-        check_socket_dir(path)
-    except OSError as exc:
-        raise ProtocolError(f"broker socket {path}: {exc.strerror or exc}") from None
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.settimeout(timeout)
-    try:
-        sock.connect(path)
-    except OSError as exc:
-        sock.close()
-        raise ProtocolError(f"broker not reachable at {path}: {exc.strerror or exc}") from None
-    if peer_uid(sock) != 0:
-        sock.close()
-        raise ProtocolError(f"broker at {path} is not running as root")
-    sock.settimeout(None)
-    return sock
-
-
-def converse(sock: socket.socket, request: dict[str, Any], ui: Any, *, ack_timeout: float = ACK_TIMEOUT,
-             frame_timeout: float = 700.0) -> tuple[Result, str]:
-    """Send a login request and relay the broker's prompts to ``ui`` (a Prompter). Returns (result, message).
-
-    Until the broker accepts the login, any failure raises :class:`NotAccepted`
-    (within ``ack_timeout``); a "busy" answer returns ``(Result.BUSY, message)``. After
-    that, ``frame_timeout`` bounds the wait for each broker message; it exceeds
-    the longest push wait the config allows, so only a hung broker hits it.
-    """
-    accepted = False
-    try:
-        sock.settimeout(ack_timeout)
-        send_frame(sock, dict(request, type="login"))
-        message = recv_frame(sock, deadline=time.monotonic() + ack_timeout)
-    except ProtocolError as exc:
-        raise NotAccepted(str(exc)) from None
-    while True:
-        kind = message["type"]
-        text = message.get("text") if isinstance(message.get("text"), str) else ""
-        if kind == "result":
-            result = message.get("result")
-            if not isinstance(result, str):
-                return Result.SERVICE_ERR, str(message.get("message") or "")
-            return Result.from_wire(result) or Result.AUTH_ERR, str(message.get("message") or "")
-        if kind == "busy" and not accepted:
-            return Result.BUSY, str(message.get("message") or "")
-        if kind == "accepted" and not accepted:
-            accepted = True
-        elif kind == "ask":
-            try:
-                send_frame(sock, {"type": "answer", "text": ui.ask(text)})
-            except ConversationError:
-                send_frame(sock, {"type": "eof"})
-        elif kind in ("show", "alert"):
-            getattr(ui, kind)(text)
-            send_frame(sock, {"type": "ack"})
-        else:
-            raise ProtocolError(f"unexpected frame {kind[:20]!r}")
-        accepted = True  # a prompt also means the broker took the login
-        sock.settimeout(frame_timeout)
-        message = recv_frame(sock)
-
-
-# -- broker side -----------------------------------------------------------------------------------
 
 
 class BrokerPrompter:
@@ -339,19 +151,6 @@ class ClientPool:
                 self.keeper.forget(client)
         for client in idle:
             client.close()
-
-
-def _text(message: dict[str, Any], key: str, limit: int = 1024) -> str | None:
-    value = message.get(key)
-    if not isinstance(value, str) or not value or "\0" in value:
-        return None
-    return value[:limit]
-
-
-def _caller_uid(message: dict[str, Any]) -> int:
-    """The real uid of the host program (su runs as root for its caller), as a root client reports it."""
-    value = message.get("caller_uid")
-    return value if type(value) is int and 0 <= value < 2**32 else 0
 
 
 class Broker:
@@ -601,8 +400,6 @@ class Broker:
 
     def _request(self, conn: socket.socket, uid: int) -> Any:
         """The login request from the first frame, or None after answering a refusal."""
-        from .hosts import profile
-        from .login import LoginRequest
         from .users import lookup_uid
 
         try:
@@ -612,37 +409,13 @@ class Broker:
                 self.sink.error(f"broker: bad request from uid {uid}: {exc}")
                 self._reply(conn, Result.SERVICE_ERR, "bad request")
             return None
-        if message["type"] != "login":
-            self._reply(conn, Result.SERVICE_ERR, "expected a login request")
+        request = login_request(uid, message, self.config_path, lookup_uid)
+        if isinstance(request, Refusal):
+            if request.note:
+                self.sink.error(request.note)
+            self._reply(conn, request.result, request.message)
             return None
-        user = _text(message, "user", 256)
-        if user is None:
-            self._reply(conn, Result.USER_UNKNOWN, "no user named")
-            return None
-        interactive = message.get("interactive") if isinstance(message.get("interactive"), bool) else None
-        if uid == 0:
-            wanted = _text(message, "config")
-            if wanted and os.path.realpath(wanted) != os.path.realpath(self.config_path):
-                self._reply(conn, Result.OTHER_CONFIG)
-                return None
-            return LoginRequest(
-                user=user, service=_text(message, "service", 64) or "", rhost=_text(message, "rhost", 256),
-                tty=_text(message, "tty", 256), interactive=interactive,
-                host=profile(_text(message, "service", 64) or "", _text(message, "command", 4096)),
-                caller_uid=_caller_uid(message), password=_text(message, "password"),
-                env_passcode=_text(message, "env_passcode", 64),
-                trusted_address=True,
-            )
-        caller = lookup_uid(uid)
-        if caller is None or caller.name != user:
-            self.sink.error(f"broker: uid {uid} asked to log in as another user; refused")
-            self._reply(conn, Result.AUTH_ERR, "you can only authenticate as yourself")
-            return None
-        return LoginRequest(
-            user=caller.name, service=WRAPPER_SERVICE, rhost=_text(message, "rhost", 256),
-            tty=_text(message, "tty", 256), interactive=interactive,
-            host=profile(WRAPPER_SERVICE, _text(message, "command", 4096)), caller_uid=uid, env_passcode=_text(message, "env_passcode", 64), trusted_address=False,
-        )
+        return request
 
     def _login(self, conn: socket.socket, uid: int) -> None:
         from .login import authenticate
