@@ -35,6 +35,7 @@ class Health:
         self.path = stats_path(broker.socket_path)
         self.started = time.time()
         self.connections = 0
+        self.busy = 0  # logins answered "busy" (over a per-user or per-uid cap)
         self.reloads = 0
         self.reload_failures = 0
         self.ping_every = sdnotify.watchdog_interval(environ=environ)
@@ -75,7 +76,8 @@ class Health:
         with pool._lock:
             idle = len(pool._idle)
         return {"v": 1, "pid": os.getpid(), "time": round(time.time(), 3), "started": round(self.started, 3),
-                "inflight_logins": inflight, "connections": self.connections, "pool_idle_clients": idle,
+                "inflight_logins": inflight, "connections": self.connections, "busy": self.busy, "shed": broker.shed,
+                "pool_idle_clients": idle,
                 "reloads": self.reloads, "reload_failures": self.reload_failures,
                 "interval": STATS_INTERVAL}
 

@@ -83,7 +83,10 @@ ANSWER_TIMEOUT = 180.0  # for each whole answer frame
 ACK_TIMEOUT = 2.0  # a PAM client waits this long for "accepted", then decides in-process
 WRAPPER_ACK_TIMEOUT = 10.0  # pam-duo-login has no fallback: it waits longer, then refuses
 MAX_PER_UID = 4  # concurrent logins of one non-root caller
-MAX_PER_USER = 16  # concurrent logins for one target user from root callers; more go in-process
+# Concurrent logins for one target user from root callers; more go in-process. Large enough that
+# a login storm on one account stays with the broker (in-process costs 2-3x the CPU and a TLS
+# handshake each), small enough that one user name holds at most an eighth of MAX_CONNECTIONS.
+MAX_PER_USER = 64
 MAX_CONNECTIONS = 512  # open client connections in all (further bounded by RLIMIT_NOFILE)
 MAX_CONNECTIONS_PER_UID = 2 * MAX_PER_UID  # of one non-root uid, requests not yet read included
 WRAPPER_SERVICE = "pam-duo-login"

@@ -425,6 +425,7 @@ class Broker:
             return
         key = ("user", request.user) if uid == 0 else ("uid", uid)
         if not self._enter(key):
+            self.health.busy += 1
             self._send(conn, {"type": "busy", "message": MESSAGES[Result.BUSY]})
             return
         try:

@@ -75,7 +75,7 @@ def _https_wrapper_not_used(*args: Any, **kwargs: Any) -> Any:
 
 
 _client: ModuleType | None = None  # duo-client's client module, once fully imported
-_loading = _thread.allocate_lock()
+_loading = _thread.allocate_lock()  # _thread is built in: no import cost on the login path
 
 
 def duo_client_module() -> ModuleType:

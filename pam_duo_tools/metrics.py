@@ -420,6 +420,12 @@ def render(counts: dict[str, Any], broker: dict[str, Any] | None, problems: int)
                    [({}, gauge("inflight_logins"))])
         out.family("broker_connections_total", "counter", "Connections the broker accepted since it started.",
                    [({}, gauge("connections"))])
+        out.family("broker_busy_total", "counter",
+                   "Logins the broker answered busy (over a per-user or per-uid cap); the PAM module decided them.",
+                   [({}, gauge("busy"))])
+        out.family("broker_shed_total", "counter",
+                   "Connections the broker closed unserved (a connection cap, no descriptor or no thread).",
+                   [({}, gauge("shed"))])
         out.family("broker_pool_idle_clients", "gauge", "Warm Duo connections the broker keeps for the next logins.",
                    [({}, gauge("pool_idle_clients"))])
         out.family("broker_config_reloads_total", "counter", "Config reloads (SIGHUP) that took effect.",

@@ -209,6 +209,14 @@ def test_connections_are_capped_per_uid_and_in_all(config):
     assert b._connections == {1000: broker.MAX_CONNECTIONS_PER_UID, 0: 12 - broker.MAX_CONNECTIONS_PER_UID}
 
 
+def test_a_burst_of_logins_for_one_user_stays_with_the_broker(config):
+    """50 simultaneous logins for one user (a deploy account, a login storm) are not sent in-process."""
+    b = Broker(str(config))
+    assert all(b._enter(("user", "root")) for _ in range(50))
+    assert all(b._enter(("uid", 1000)) for _ in range(broker.MAX_PER_UID))
+    assert not b._enter(("uid", 1000))
+
+
 def test_the_tick_runs_a_pending_sighup_reload(config):
     b = Broker(str(config))
     reloads: list = []

@@ -731,3 +731,38 @@ def test_threads_asking_at_once_all_get_the_whole_signing_module(monkeypatch):
         for thread in threads:
             thread.join()
     assert errors == []
+
+
+def test_concurrent_first_logins_in_the_broker_all_get_the_whole_duo_client_module():
+    """A broker that has just started may sign its first requests in several threads at once."""
+    out = in_a_fresh_interpreter(
+        "import importlib.machinery, threading, time\n"
+        "inside = threading.Event()\n"
+        "class Slow:  # holds the first thread inside the module's execution while the others arrive\n"
+        "    @staticmethod\n"
+        "    def find_spec(name, path=None, target=None):\n"
+        "        if name != 'pam_duo_py._duo_client.client':\n"
+        "            return None\n"
+        "        spec = importlib.machinery.PathFinder.find_spec(name, path)\n"
+        "        run = spec.loader.exec_module\n"
+        "        def slow(module):\n"
+        "            inside.set()\n"
+        "            time.sleep(0.3)  # widens the window, synchronises nothing\n"
+        "            run(module)\n"
+        "        spec.loader.exec_module = slow\n"
+        "        return spec\n"
+        "sys.meta_path.insert(0, Slow)\n"
+        "from pam_duo_py import duo\n"
+        "problems = []\n"
+        "def first_login():\n"
+        "    try:\n"
+        "        duo.duo_client_module().Client\n"
+        "    except Exception as exc:\n"
+        "        problems.append(type(exc).__name__)\n"
+        "threads = [threading.Thread(target=first_login) for _ in range(4)]\n"
+        "threads[0].start()\n"
+        "inside.wait(10)\n"
+        "for t in threads[1:]: t.start()\n"
+        "for t in threads: t.join()\n"
+        "print(problems)\n")
+    assert out == "[]"

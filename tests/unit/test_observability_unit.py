@@ -95,12 +95,14 @@ def test_health_snapshot_reads_the_real_broker(tmp_path, monkeypatch):
     broker.socket_path = str(tmp_path / "b.sock")
     broker._lock = threading.Lock()
     broker._active = {}
+    broker.shed = 2
     broker.pool = ClientPool(SETTINGS, factory=lambda s: type("C", (), {"settings": s, "close": lambda self: None})())
     assert broker._enter(("uid", 1000))
     client = broker.pool.get(SETTINGS)
     client.close()
     snap = broker_health.Health(broker, environ={}).snapshot()
     assert snap["inflight_logins"] == 1 and snap["pool_idle_clients"] == 1
+    assert snap["shed"] == 2 and snap["busy"] == 0
 
 
 # -- per-call facts ----------------------------------------------------------------------------
