@@ -18,7 +18,6 @@ import os
 import signal
 import socket
 import stat
-import sys
 import time
 
 TYPE_CHECKING = False
@@ -199,15 +198,16 @@ class Broker:
 
     def _reported(self, served: Any, why: str, problems: str | None) -> None:
         if why == "first use":
-            _note(f"serving {served.path} too (named by a PAM line)")
+            self.sink.broker(f"serving {served.path} too (named by a PAM line)")
             return
         if problems is not None:
             refused = "its logins" if served is not self.configs.default else "logins"
             served.sink.error(f"broker: config {served.path} {why}; reload failed, {refused} refused until it is fixed: "
                               f"{problems}")
-            _note(f"reload of {served.path} failed, {refused} refused until it is fixed: {problems}", error=True)
+            served.sink.broker(f"reload of {served.path} failed, {refused} refused until it is fixed: {problems}",
+                               error=True)
         else:
-            _note(f"reloaded {served.path}" + ("" if why == "SIGHUP" else f" ({why})"))
+            served.sink.broker(f"reloaded {served.path}" + ("" if why == "SIGHUP" else f" ({why})"))
         self.health.reloaded(problems is None)
 
     def reload(self) -> bool:
@@ -314,7 +314,7 @@ class Broker:
                     pass
                 self._spare = _open_spare()
             if self.shed % 100 == 1:
-                _note(f"out of file descriptors ({exc.strerror}); shedding connections", error=True)
+                self.sink.broker(f"out of file descriptors ({exc.strerror}); shedding connections", error=True)
             time.sleep(0.01)  # the descriptors come back as connections end; do not spin meanwhile
 
     def _admit(self, conn: socket.socket) -> None:
@@ -457,29 +457,23 @@ def _listening(path: str) -> bool:
     return True
 
 
-def _note(text: str, *, error: bool = False) -> None:
-    """A line for the broker's own output (the journal under systemd)."""
-    try:
-        print(f"pam-duo-py broker: {text}", file=sys.stderr if error else sys.stdout, flush=True)
-    except (OSError, ValueError):
-        pass
-
-
 def main(config_path: str, socket_path: str | None = None) -> int:
+    from .events import EventSink
+
     try:
         broker = Broker(config_path, socket_path=socket_path)
         broker.bind()
     except ConfigError as exc:
         for problem in exc.problems:
-            print(f"configuration error: {problem}", file=sys.stderr)
+            EventSink().config_error(problem, to="stderr")
         return 1
     except (OSError, ProtocolError) as exc:
-        print(f"pam-duo-py broker: cannot listen on {socket_path or 'the broker socket'}: {exc}", file=sys.stderr)
+        EventSink().broker(f"cannot listen on {socket_path or 'the broker socket'}: {exc}", error=True)
         return 1
     broker.raise_fd_limit()
     signal.signal(signal.SIGHUP, lambda *_: broker.hup())
     signal.signal(signal.SIGTERM, lambda *_: broker._stop.set())
-    print(f"pam-duo-py broker: listening on {broker.socket_path}", flush=True)
+    broker.sink.broker(f"listening on {broker.socket_path}")
     broker.health.ready()
     try:
         broker.serve_forever()

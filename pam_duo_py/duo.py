@@ -49,7 +49,6 @@ if TYPE_CHECKING:  # annotations only: importing typing costs milliseconds per l
 # -- duo-client, for its request signing ---------------------------------------------------------
 
 _PRIVATE_PACKAGE = "pam_duo_py._duo_client"
-_LOADING = _thread.allocate_lock()  # _thread is built in: no import cost on the login path
 # Modules duo-client's client module imports only for code this product does not run: its own
 # connection and request loop (http.client, email.utils, random) and its command-line demo
 # (argparse). Each costs an in-process login milliseconds, so they are imported on first use.
@@ -75,6 +74,10 @@ def _https_wrapper_not_used(*args: Any, **kwargs: Any) -> Any:
     raise NotImplementedError("duo-client's own HTTPS connection is not used: see pam_duo_py.transport")
 
 
+_client: ModuleType | None = None  # duo-client's client module, once fully imported
+_loading = _thread.allocate_lock()  # _thread is built in: no import cost on the login path
+
+
 def duo_client_module() -> ModuleType:
     """duo-client's ``client`` module (signing, ``DEFAULT_CA_CERTS``), loaded for as little as it needs.
 
@@ -85,12 +88,12 @@ def duo_client_module() -> ModuleType:
     as :class:`_OnFirstUse` while it is imported, unless another thread could import at the
     same moment (once ``threading`` is loaded, as in the broker, they are imported normally).
     """
-    module = sys.modules.get(_PRIVATE_PACKAGE + ".client")
-    if module is not None and not _LOADING.locked():
-        return module
-    with _LOADING:  # in the broker, concurrent first logins: one loads, the others wait for the whole module
-        module = sys.modules.get(_PRIVATE_PACKAGE + ".client")
-        return module if module is not None else _load_duo_client()
+    global _client
+    if _client is None:
+        with _loading:  # the broker's login threads may all ask at once
+            if _client is None:
+                _client = _load_duo_client()
+    return _client
 
 
 def _load_duo_client() -> ModuleType:

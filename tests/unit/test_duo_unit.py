@@ -703,6 +703,36 @@ def test_a_refusal_whose_body_is_not_utf8_is_still_a_refusal(status):
     assert outcome.result is Result.AUTHINFO_UNAVAIL
 
 
+def test_threads_asking_at_once_all_get_the_whole_signing_module(monkeypatch):
+    """The broker's login threads may sign their first requests at the same moment."""
+    import sys
+    import threading
+
+    from pam_duo_py import duo
+
+    errors = []
+    for _ in range(5):
+        monkeypatch.setattr(duo, "_client", None, raising=False)
+        for name in [n for n in sys.modules if n.startswith("pam_duo_py._duo_client")]:
+            monkeypatch.delitem(sys.modules, name)
+        start = threading.Barrier(16)
+
+        def sign_first_request():
+            start.wait()
+            try:
+                client = duo.duo_client_module()
+                assert callable(client.sign) and callable(client.Client.canon_json)
+            except BaseException as exc:
+                errors.append(repr(exc))
+
+        threads = [threading.Thread(target=sign_first_request) for _ in range(16)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert errors == []
+
+
 def test_concurrent_first_logins_in_the_broker_all_get_the_whole_duo_client_module():
     """A broker that has just started may sign its first requests in several threads at once."""
     out = in_a_fresh_interpreter(
