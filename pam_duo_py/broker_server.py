@@ -200,11 +200,13 @@ class Broker:
         if why == "first use":
             self.sink.broker(f"serving {served.path} too (named by a PAM line)")
             return
-        if problems is not None:
-            refused = "its logins" if served is not self.configs.default else "logins"
-            served.sink.error(f"broker: config {served.path} {why}; reload failed, {refused} refused until it is fixed: "
-                              f"{problems}")
-            served.sink.broker(f"reload of {served.path} failed, {refused} refused until it is fixed: {problems}",
+        if problems is not None and served is self.configs.default:
+            served.sink.error(f"broker: config {why}; reload failed, logins refused until it is fixed: {problems}")
+            served.sink.broker(f"reload failed, logins refused until the config is fixed: {problems}", error=True)
+        elif problems is not None:
+            served.sink.error(f"broker: config {served.path} {why}; reload failed, its logins refused until it is "
+                              f"fixed: {problems}")
+            served.sink.broker(f"reload of {served.path} failed, its logins refused until it is fixed: {problems}",
                                error=True)
         else:
             served.sink.broker(f"reloaded {served.path}" + ("" if why == "SIGHUP" else f" ({why})"))
