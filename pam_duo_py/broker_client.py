@@ -139,8 +139,8 @@ class BrokerBackend:
         except NotAccepted:
             return Result.NOT_ACCEPTED
         except (ProtocolError, OSError):
-            from .logline import LOG_ERR, send_syslog
+            from .events import EventSink
 
-            send_syslog(LOG_ERR, "lost the broker during a login; refused")
+            EventSink().error("lost the broker during a login; refused")
             return Result.AUTH_ERR
         return result

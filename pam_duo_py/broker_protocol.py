@@ -4,7 +4,10 @@ The broker (:mod:`pam_duo_py.broker_server`) holds the keys so that
 ``pam-duo-login``, running as the logged-in user, never can read them; its
 clients (:mod:`pam_duo_py.broker_client`) are that wrapper and the PAM module.
 This module is on every login's path through the broker: it imports ``_socket``,
-not ``socket`` (whose enum classes cost milliseconds per login).
+not ``socket`` (whose enum classes cost milliseconds per login), and reads and
+writes JSON with the C parts of the ``json`` package that ``json.loads`` and
+``json.dumps`` themselves use, without importing ``json`` (its regular
+expressions cost milliseconds too).
 
 Wire protocol, over a Unix stream socket: every frame is a 4-byte big-endian
 length followed by that many bytes of UTF-8 JSON (one object, at most 64 KiB).
@@ -65,8 +68,8 @@ and reloads on a change.
 """
 from __future__ import annotations
 
+import _json
 import _socket
-import json
 import struct
 import time
 
@@ -100,6 +103,45 @@ _HEADER = struct.Struct(">I")
 _PEERCRED = struct.Struct("3i")
 
 
+class _Decoding:
+    """What the C scanner reads from its context: json.JSONDecoder's defaults."""
+
+    strict = True
+    object_hook = None
+    object_pairs_hook = None
+    parse_float = float
+    parse_int = int
+    parse_constant = {"NaN": float("nan"), "Infinity": float("inf"), "-Infinity": float("-inf")}.__getitem__
+
+
+def _unserialisable(value: object) -> None:
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
+_scan = _json.make_scanner(_Decoding())
+# json.dumps(value, ensure_ascii=True, separators=(",", ":")) without the check for cycles.
+_encode = _json.make_encoder(None, _unserialisable, _json.encode_basestring_ascii, None, ":", ",", False, False, True)
+_WHITESPACE = " \t\n\r"
+
+
+def dumps(value: Any) -> str:
+    return "".join(_encode(value, 0))
+
+
+def loads(text: str) -> Any:
+    """``json.loads(text)``. A document it refuses is handed to ``json.loads`` itself for the error."""
+    start = len(text) - len(text.lstrip(_WHITESPACE))
+    try:
+        value, end = _scan(text, start)
+        if not text[end:].strip(_WHITESPACE):
+            return value
+    except Exception:  # StopIteration or, with json.decoder not imported, SystemError
+        pass
+    import json
+
+    return json.loads(text)
+
+
 class ProtocolError(PamDuoError):
     """A frame that is not what the protocol allows, or a peer that went away."""
 
@@ -109,7 +151,7 @@ class NotAccepted(ProtocolError):
 
 
 def send_frame(sock: Any, message: dict[str, Any]) -> None:
-    data = json.dumps(message, ensure_ascii=True, separators=(",", ":")).encode()
+    data = dumps(message).encode()
     if len(data) > MAX_FRAME:
         raise ProtocolError("frame too large")
     try:
@@ -143,7 +185,7 @@ def recv_frame(sock: Any, deadline: float | None = None) -> dict[str, Any]:
     if size > MAX_FRAME:
         raise ProtocolError("frame too large")
     try:
-        message = json.loads(_recv_exact(sock, size, deadline).decode("utf-8"))
+        message = loads(_recv_exact(sock, size, deadline).decode("utf-8"))
     except (UnicodeDecodeError, ValueError):
         raise ProtocolError("frame is not JSON") from None
     if not isinstance(message, dict) or not isinstance(message.get("type"), str):

@@ -17,7 +17,6 @@ import os
 import signal
 import socket
 import stat
-import sys
 import time
 
 TYPE_CHECKING = False
@@ -200,7 +199,7 @@ class Broker:
             problems = "; ".join(getattr(exc, "problems", ())) or f"{type(exc).__name__}: {exc}"
             self._stamps = {("file", ""): ()}  # matches nothing: the next login tries again
             self.sink.error(f"broker: config {why}; reload failed, logins refused until it is fixed: {problems}")
-            _note(f"reload failed, logins refused until the config is fixed: {problems}", error=True)
+            self.sink.broker(f"reload failed, logins refused until the config is fixed: {problems}", error=True)
             self.health.reloaded(False)
             return False
         old, ca = self.config, ("file", config.duo.ca_file)
@@ -210,7 +209,7 @@ class Broker:
         if renew:
             pool, self.pool = self.pool, ClientPool(config.duo, self._duo_factory)
             pool.close()
-        _note(f"reloaded {self.config_path}" + ("" if why == "SIGHUP" else f" ({why})"))
+        self.sink.broker(f"reloaded {self.config_path}" + ("" if why == "SIGHUP" else f" ({why})"))
         self.health.reloaded(True)
         return True
 
@@ -324,7 +323,7 @@ class Broker:
                     pass
                 self._spare = _open_spare()
             if self.shed % 100 == 1:
-                _note(f"out of file descriptors ({exc.strerror}); shedding connections", error=True)
+                self.sink.broker(f"out of file descriptors ({exc.strerror}); shedding connections", error=True)
             time.sleep(0.01)  # the descriptors come back as connections end; do not spin meanwhile
 
     def _admit(self, conn: socket.socket) -> None:
@@ -463,29 +462,23 @@ def _listening(path: str) -> bool:
     return True
 
 
-def _note(text: str, *, error: bool = False) -> None:
-    """A line for the broker's own output (the journal under systemd)."""
-    try:
-        print(f"pam-duo-py broker: {text}", file=sys.stderr if error else sys.stdout, flush=True)
-    except (OSError, ValueError):
-        pass
-
-
 def main(config_path: str, socket_path: str | None = None) -> int:
+    from .events import EventSink
+
     try:
         broker = Broker(config_path, socket_path=socket_path)
         broker.bind()
     except ConfigError as exc:
         for problem in exc.problems:
-            print(f"configuration error: {problem}", file=sys.stderr)
+            EventSink().config_error(problem, to="stderr")
         return 1
     except (OSError, ProtocolError) as exc:
-        print(f"pam-duo-py broker: cannot listen on {socket_path or 'the broker socket'}: {exc}", file=sys.stderr)
+        EventSink().broker(f"cannot listen on {socket_path or 'the broker socket'}: {exc}", error=True)
         return 1
     broker.raise_fd_limit()
     signal.signal(signal.SIGHUP, lambda *_: broker.hup())
     signal.signal(signal.SIGTERM, lambda *_: broker._stop.set())
-    print(f"pam-duo-py broker: listening on {broker.socket_path}", flush=True)
+    broker.sink.broker(f"listening on {broker.socket_path}")
     broker.health.ready()
     try:
         broker.serve_forever()

@@ -17,11 +17,18 @@ reads both).
 for an administrator's action through the Admin API (:data:`ADMIN_OUTCOMES`: not a
 login; readers that count logins skip it). Fields that are unknown are ``null``. No
 event ever holds the skey, a passcode or a bypass code.
+
+Everything else the product logs is a *note* (:func:`note`: ``{"note": kind, "text": ...}``):
+configuration errors, internal errors, other errors, debug lines, and the broker's own
+lines for its output (the journal under systemd). Notes never go to the audit file.
+:class:`EventSink` is the one writer of all of these; :func:`capture_events` collects
+the dicts instead, for tests.
 """
 from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from datetime import datetime, timezone
 from typing import Any
@@ -52,6 +59,57 @@ def event(outcome: str, **fields: Any) -> dict[str, Any]:
     record.setdefault("host", _hostname())
     record.setdefault("pid", os.getpid())
     return record
+
+
+# kind -> (prefix, length cap of the text) of a note's line; LOG_ERR but for "debug".
+NOTES = {
+    "config_error": ("configuration error: ", 1000),
+    "internal_error": ("internal error: ", 3000),
+    "audit_error": ("cannot write audit file: ", 300),
+    "error": ("", 2000),
+    "debug": ("", 2000),
+    "broker": ("pam-duo-py broker: ", 0),  # a line of the broker's own output, stdout or stderr
+}
+
+
+def note(kind: str, text: str, **fields: Any) -> dict[str, Any]:
+    """A line that is not a login decision. ``to``: "syslog" (default), "stdout" or "stderr"."""
+    assert kind in NOTES, kind
+    now = time.time()
+    record: dict[str, Any] = {"v": 1, "time": round(now, 3), "note": kind, "text": text,
+                              "to": "syslog" if kind != "broker" else "stdout"}
+    record.update(fields)
+    record.setdefault("pid", os.getpid())
+    return record
+
+
+def log_line(record: dict[str, Any]) -> tuple[int, str] | None:
+    """(priority, text) of the syslog line for an event or a note; None for a line that goes elsewhere."""
+    if "note" not in record:
+        return syslog_line(record)
+    if record["to"] != "syslog":
+        return None
+    prefix, limit = NOTES[record["note"]]
+    return (LOG_DEBUG if record["note"] == "debug" else LOG_ERR), prefix + for_log(record["text"], limit)
+
+
+_captures: list[Any] = []
+
+
+class capture_events:
+    """``with capture_events() as events:`` collects every event and note (dicts) emitted meanwhile
+    instead of writing them to syslog, journald or the broker's output (the audit file, a path
+    the caller chose, is still written). ``into``: any object with ``append``."""
+
+    def __init__(self, into: Any = None) -> None:
+        self.events = [] if into is None else into
+
+    def __enter__(self) -> Any:
+        _captures.append(self.events)
+        return self.events
+
+    def __exit__(self, *exc_info: object) -> None:
+        _captures.remove(self.events)
 
 
 def _hostname() -> str:
@@ -116,7 +174,7 @@ def append_audit(path: str, record: dict[str, Any]) -> None:
 class EventSink:
     """Where decision events go: journald with structured fields where it runs, else
     syslog (one line either way: journald passes its entries on to syslog); the audit file
-    when configured."""
+    when configured. Notes go to syslog, or to the broker's stdout or stderr."""
 
     def __init__(self, audit_file: str | None = None, *, debug: bool = False,
                  journal_socket: str = JOURNAL_SOCKET) -> None:
@@ -125,14 +183,24 @@ class EventSink:
         self.journal_socket = journal_socket
 
     def emit(self, record: dict[str, Any]) -> None:
-        priority, text = syslog_line(record)
-        if not self._to_journal(record, priority, text):
-            send_syslog(priority, text)
-        if self.audit_file:
+        if _captures:
+            for into in _captures:
+                into.append(record)
+        else:
+            self.write(record)
+        if self.audit_file and "note" not in record:
             try:
                 append_audit(self.audit_file, record)
             except (FileRuleError, OSError) as exc:
-                send_syslog(LOG_ERR, f"cannot write audit file: {for_log(str(exc), 300)}")
+                self.emit(note("audit_error", str(exc)))
+
+    def write(self, record: dict[str, Any]) -> None:
+        """The line for one event or note, where it goes (no audit file)."""
+        line = log_line(record)
+        if line is None:
+            _print(NOTES[record["note"]][0] + record["text"], sys.stderr if record["to"] == "stderr" else sys.stdout)
+        elif "note" in record or not self._to_journal(record, *line):
+            send_syslog(*line)
 
     def _to_journal(self, record: dict[str, Any], priority: int, text: str) -> bool:
         if not os.path.exists(self.journal_socket):
@@ -142,8 +210,25 @@ class EventSink:
         return journal.send(journal.entry(record, priority, text), self.journal_socket)
 
     def error(self, text: str) -> None:
-        send_syslog(LOG_ERR, for_log(text, 2000))
+        self.emit(note("error", text))
 
     def debug(self, text: str) -> None:
         if self.debug_enabled:
-            send_syslog(LOG_DEBUG, for_log(text, 2000))
+            self.emit(note("debug", text))
+
+    def config_error(self, problem: str, *, to: str = "syslog") -> None:
+        self.emit(note("config_error", problem, to=to))
+
+    def internal_error(self, text: str) -> None:
+        self.emit(note("internal_error", text))
+
+    def broker(self, text: str, *, error: bool = False) -> None:
+        """A line of the broker's own output (stderr for an error)."""
+        self.emit(note("broker", text, to="stderr" if error else "stdout"))
+
+
+def _print(text: str, stream: Any) -> None:
+    try:
+        print(text, file=stream, flush=True)
+    except (OSError, ValueError):
+        pass

@@ -170,11 +170,10 @@ class InProcess:
             try:
                 self._config = load_config(self.config_path)
             except ConfigError as exc:
-                from .logline import LOG_ERR, send_syslog
-                from .text import for_log
+                from .events import EventSink
 
                 for problem in exc.problems:
-                    send_syslog(LOG_ERR, "configuration error: " + for_log(problem, 1000))
+                    EventSink(debug=self.debug).config_error(problem)
         return self._config
 
     def authenticate(self, request: LoginRequest, ui: Prompter) -> Result:

@@ -115,11 +115,11 @@ def parse_arguments(argv: list[str]) -> tuple[str, bool, list[str]]:
     return conf, debug, problems
 
 
-def _log_error(prefix: str, text: str, limit: int = 1000) -> None:
-    from .logline import LOG_ERR, send_syslog
-    from .text import for_log
+def _sink() -> Any:
+    """Where a configuration or internal error goes (the log; imported only then)."""
+    from .events import EventSink
 
-    send_syslog(LOG_ERR, prefix + for_log(text, limit))
+    return EventSink()
 
 
 class BrokerFirst:
@@ -188,7 +188,7 @@ def _authenticate(pamh: Any, flags: int, argv: list[str], choose: Any = None) ->
     conf, debug, problems = parse_arguments(args)
     if problems:
         for problem in problems:
-            _log_error("configuration error: PAM line: ", problem)
+            _sink().config_error("PAM line: " + problem)
         return _code(pamh, "SERVICE_ERR")
     request = login_request(pamh)
     if request is None:
@@ -206,7 +206,7 @@ def pam_sm_authenticate(pamh: Any, flags: int, argv: list[str]) -> int:
         try:
             import traceback
 
-            _log_error("internal error: ", traceback.format_exc(limit=8), 3000)
+            _sink().internal_error(traceback.format_exc(limit=8))
         except BaseException:
             pass
         return _code(pamh, "SERVICE_ERR")

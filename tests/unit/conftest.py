@@ -4,8 +4,8 @@ The unit layer needs no root and no network. Every test runs with the socket
 constructors replaced: any attempt to open a socket (even a Unix or loopback
 one) is recorded and fails the test, even when the code under test swallows
 the error. Only ``socket.socketpair()`` stays: a connected pair of Unix sockets
-inside the test, for the broker protocol. Syslog output goes to the ``syslog_lines`` list instead of
-``/dev/log``.
+inside the test, for the broker protocol. Events and log lines are captured
+(``pam_duo_py.events.capture_events``): ``captured_events`` and ``syslog_lines``.
 """
 from __future__ import annotations
 
@@ -77,25 +77,31 @@ def no_network(monkeypatch):
     assert attempts == [], f"the code under test tried to use the network: {attempts}"
 
 
+class SyslogLines(list):
+    """The syslog lines of the captured events, as (priority, text)."""
+
+    def append(self, record) -> None:
+        from pam_duo_py.events import log_line
+
+        line = log_line(record)
+        if line is not None:
+            assert isinstance(line[0], int) and isinstance(line[1], str)
+            super().append(line)
+
+
 @pytest.fixture(autouse=True)
-def syslog_lines(monkeypatch):
+def captured_events():
+    """Every event and note the code emits, as dicts (nothing goes to syslog, journald or stdout)."""
+    from pam_duo_py.events import capture_events
+
+    with capture_events() as events:
+        yield events
+
+
+@pytest.fixture(autouse=True)
+def syslog_lines(captured_events):
     """Every line the code would send to syslog, as (priority, text)."""
-    import importlib
+    from pam_duo_py.events import capture_events
 
-    for name in ("logline", "events", "pam", "login", "cli"):
-        try:
-            importlib.import_module(f"pam_duo_py.{name}")
-        except ImportError:
-            pass
-
-    lines: list[tuple[int, str]] = []
-
-    def capture(priority, text, **kwargs):
-        assert isinstance(priority, int) and isinstance(text, str)
-        lines.append((priority, text))
-
-    for module_name, module in list(sys.modules.items()):
-        if (module_name == "pam_duo_py" or module_name.startswith("pam_duo_py.")) and callable(
-                getattr(module, "send_syslog", None)):
-            monkeypatch.setattr(module, "send_syslog", capture)
-    return lines
+    with capture_events(SyslogLines()) as lines:
+        yield lines

@@ -10,8 +10,10 @@ import sys
 import time
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from pam_duo_py import pam
+from pam_duo_py import broker_protocol, pam
 from pam_duo_py.broker_client import BrokerBackend, converse
 from pam_duo_py.broker_protocol import MAX_FRAME, WRAPPER_SERVICE, ProtocolError, peer_uid, recv_frame, send_frame
 from pam_duo_py.broker_trust import Refusal, login_request
@@ -48,6 +50,34 @@ class UI:
 
     def alert(self, text: str) -> None:
         self.seen.append(("alert", text))
+
+
+# ------------------------------------------------------------------ JSON without importing json
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(), children, max_size=4),
+    max_leaves=12)
+
+
+@given(JSON_VALUES)
+def test_dumps_and_loads_are_json_s_own(value):
+    text = json.dumps(value, ensure_ascii=True, separators=(",", ":"))
+    assert broker_protocol.dumps(value) == text
+    assert broker_protocol.loads(text) == json.loads(text)
+    spaced = " \n" + json.dumps(value, indent=1) + "\t "
+    assert broker_protocol.loads(spaced) == json.loads(spaced)
+
+
+@given(st.text(max_size=40) | st.sampled_from(['{"a": 1', '{"a": 1} x', '"\x01"', "[1,]", "NaN", "\ufeff{}", " "]))
+def test_loads_refuses_what_json_refuses(text):
+    try:
+        expected = json.loads(text)
+    except ValueError as exc:
+        with pytest.raises(type(exc)):
+            broker_protocol.loads(text)
+    else:
+        value = broker_protocol.loads(text)
+        assert value == expected or (value != value and expected != expected)  # NaN
 
 
 # ------------------------------------------------------------------ frames
@@ -314,14 +344,13 @@ def test_pam_builds_one_request_and_asks_the_chosen_backend(result, code):
 
 # ------------------------------------------------------------------ the thin client
 THIN_CLIENT = r"""
-import _socket, json, struct, sys, tempfile
+import _socket, struct, sys, tempfile
 sys.path.insert(0, sys.argv[1])
 before = set(sys.modules)
 from pam_duo_py import pam
 from pam_duo_py.broker_client import BrokerBackend, BrokerSocket
 a, b = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_STREAM)
-for m in ({"type": "accepted"}, {"type": "result", "result": "SUCCESS", "message": ""}):
-    d = json.dumps(m).encode()
+for d in (b'{"type": "accepted"}', b'{"type": "result", "result": "SUCCESS", "message": ""}'):
     b.sendall(struct.pack(">I", len(d)) + d)
 client = BrokerSocket(_socket.AF_UNIX, _socket.SOCK_STREAM, 0, a.detach())
 class Pamh:
@@ -335,7 +364,9 @@ with tempfile.NamedTemporaryFile() as there:
         return pam.BrokerFirst(conf, pam.InProcess(conf), there.name,
                                lambda path, conf: BrokerBackend(path, conf, connector=lambda p: client))
     code = pam._authenticate(Pamh(), 0, ["pam_duo.py", "conf=/nonexistent.toml"], choose)
-print(json.dumps({"code": code, "modules": sorted(set(sys.modules) - before)}))
+modules = sorted(set(sys.modules) - before)
+import json
+print(json.dumps({"code": code, "modules": modules}))
 """
 
 
@@ -347,7 +378,7 @@ def test_a_login_through_the_broker_imports_no_server_no_engine_and_no_socket_mo
     modules = set(report["modules"])
     assert "pam_duo_py.broker_client" in modules
     unwanted = {"pam_duo_py.broker_server", "pam_duo_py.broker_trust", "pam_duo_py.engine", "pam_duo_py.config",
-                "pam_duo_py.duo", "pam_duo_py.events", "pam_duo_py.users", "socket", "selectors", "signal"}
+                "pam_duo_py.duo", "pam_duo_py.events", "pam_duo_py.users", "socket", "selectors", "signal", "json"}
     assert not modules & unwanted, sorted(modules & unwanted)
 
 
@@ -358,3 +389,11 @@ def test_pam_duo_login_imports_the_client_and_no_server_code():
     assert "pam_duo_py.broker_client" in modules
     assert not modules & {"pam_duo_py.broker_server", "pam_duo_py.broker_trust", "pam_duo_py.engine",
                           "pam_duo_py.config", "pam_duo_py.duo", "pam_duo_py.login"}
+
+
+def test_loads_refuses_garbage_when_json_was_never_imported():
+    script = ("import sys; sys.path.insert(0, sys.argv[1]); from pam_duo_py.broker_protocol import loads\n"
+              "for text in ['{\"a\": 1', '\"\\x01\"', '', 'x', '{} x']:\n"
+              "    try:\n        loads(text)\n    except ValueError as exc:\n        print(type(exc).__name__)\n")
+    out = subprocess.run([sys.executable, "-I", "-c", script, ROOT], capture_output=True, text=True, timeout=60)
+    assert out.stdout.split() == ["JSONDecodeError"] * 5, out.stderr

@@ -280,3 +280,43 @@ def test_event_sink_debug_lines_only_when_enabled(syslog_lines):
     assert syslog_lines == []
     EventSink(None, debug=True).debug("shown\nline")
     assert syslog_lines == [(events.LOG_DEBUG, "shown\\x0aline")]
+
+
+# ------------------------------------------------------------------ notes and the capture
+def test_notes_are_events_with_the_lines_they_always_had(captured_events, syslog_lines):
+    sink = EventSink(None)
+    sink.config_error("/etc/x.toml: duo.ikey: missing")
+    sink.internal_error("Traceback\n  boom")
+    sink.error("broker: bad request from uid 7: frame is not JSON")
+    sink.broker("reloaded /etc/x.toml")
+    assert [(e["note"], e["text"]) for e in captured_events] == [
+        ("config_error", "/etc/x.toml: duo.ikey: missing"), ("internal_error", "Traceback\n  boom"),
+        ("error", "broker: bad request from uid 7: frame is not JSON"), ("broker", "reloaded /etc/x.toml")]
+    assert syslog_lines == [(events.LOG_ERR, "configuration error: /etc/x.toml: duo.ikey: missing"),
+                            (events.LOG_ERR, "internal error: Traceback\\x0a  boom"),
+                            (events.LOG_ERR, "broker: bad request from uid 7: frame is not JSON")]
+
+
+def test_broker_notes_go_to_its_own_output(capsys):
+    sink = EventSink(None)
+    sink.write(events.note("broker", "listening on /run/x.sock"))
+    sink.write(events.note("broker", "reload failed", to="stderr"))
+    sink.write(events.note("config_error", "bad key", to="stderr"))
+    assert capsys.readouterr() == ("pam-duo-py broker: listening on /run/x.sock\n",
+                                   "pam-duo-py broker: reload failed\nconfiguration error: bad key\n")
+
+
+def test_capture_events_collects_instead_of_writing_and_keeps_the_audit_file(tmp_path):
+    os.chmod(tmp_path, 0o700)
+    path = tmp_path / "audit.jsonl"
+    record = event("success", user="alice")
+    with events.capture_events() as outer, events.capture_events() as inner:
+        EventSink(str(path)).emit(record)
+        EventSink(None).error("x")
+    assert outer == inner and [e.get("outcome") or e["note"] for e in inner] == ["success", "error"]
+    assert json.loads(path.read_text()) == record  # notes never go to the audit file
+
+
+def test_a_note_is_not_a_decision():
+    record = events.note("error", "x")
+    assert "outcome" not in record and record["to"] == "syslog"

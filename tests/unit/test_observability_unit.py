@@ -73,7 +73,7 @@ def test_binary_form_for_a_value_with_a_newline():
 def test_sink_falls_back_to_syslog_without_journald(tmp_path, monkeypatch):
     syslog = []
     monkeypatch.setattr("pam_duo_py.events.send_syslog", lambda p, t: syslog.append(t))
-    EventSink(None, journal_socket=str(tmp_path / "none")).emit(event("success", user="bob"))
+    EventSink(None, journal_socket=str(tmp_path / "none")).write(event("success", user="bob"))  # beneath the capture
     assert len(syslog) == 1 and syslog[0].startswith("Successful Duo login")
 
 

@@ -388,3 +388,15 @@ def test_fake_handle_really_refuses_to_be_formatted():
     with pytest.raises(fakes.PamObjectFormatted):
         str(pamh.Response("x", 0))
     fakes.FORMATTED.clear()
+
+
+def test_configuration_and_internal_errors_are_events(conf, tmp_path, duo, captured_events, monkeypatch):
+    authenticate(FakePamh(user=ME), [ENTRY, "bogus"])
+    missing = tmp_path / "missing.toml"
+    authenticate(FakePamh(user=ME), [ENTRY, f"conf={missing}"])
+    monkeypatch.setattr(login_mod, "authenticate", lambda *a, **k: 1 / 0)
+    authenticate(FakePamh(user=ME), conf())
+    notes = [(e["note"], e["text"]) for e in captured_events]
+    assert notes[0] == ("config_error", "PAM line: invalid module argument 'bogus'")
+    assert notes[1][0] == "config_error" and str(missing) in notes[1][1]
+    assert notes[-1][0] == "internal_error" and "ZeroDivisionError" in notes[-1][1]
