@@ -151,32 +151,46 @@ def main(argv: Sequence[str] | None = None) -> int:
         "command": command,
         "env_passcode": passcode,
     }
+    result = _ask_broker(args.socket, request, ui)
+    if result is None:
+        return 1
+    if result[0] not in (Result.SUCCESS, Result.IGNORE):
+        sys.stderr.write(_refusal(*result) + "\n")
+        return 1
+    return _run(shell, command)
+
+
+def _ask_broker(socket_path: str, request: dict, ui: TerminalPrompter) -> tuple[Result, str] | None:
+    """The broker's verdict and reason; None when there is none (the reason is already on stderr)."""
     try:
-        sock = connect(args.socket, timeout=WRAPPER_ACK_TIMEOUT)
+        sock = connect(socket_path, timeout=WRAPPER_ACK_TIMEOUT)
     except ProtocolError as exc:
         sys.stderr.write(f"pam-duo-login: {exc}; login refused.\n")
-        return 1
+        return None
     try:
         with sock:
-            result, message = converse(sock, request, ui, ack_timeout=WRAPPER_ACK_TIMEOUT)
+            return converse(sock, request, ui, ack_timeout=WRAPPER_ACK_TIMEOUT)
     except NotAccepted as exc:
         sys.stderr.write(f"pam-duo-login: the broker did not take the login: {exc}; login refused.\n")
-        return 1
     except (ProtocolError, OSError) as exc:
         sys.stderr.write(f"pam-duo-login: lost the broker: {exc}; login refused.\n")
-        return 1
     except KeyboardInterrupt:  # Ctrl-C while a push is pending: no traceback, nothing runs
         sys.stderr.write(RESULT_MESSAGES[Result.CONV_ERR] + "\n")
-        return 1
     finally:
         ui.close()
-    if result not in (Result.SUCCESS, Result.IGNORE):
-        text = RESULT_MESSAGES.get(result, "Duo login refused.")
-        if message:  # the broker's own reason (e.g. too many concurrent logins), already plain text
-            text = f"{text.rstrip('.')}: {for_display(message, limit=200).rstrip('.')}."
-        sys.stderr.write(text + "\n")
-        return 1
+    return None
 
+
+def _refusal(result: Result, message: str) -> str:
+    """What the user reads when the login is refused."""
+    text = RESULT_MESSAGES.get(result, "Duo login refused.")
+    if message:  # the broker's own reason (e.g. too many concurrent logins), already plain text
+        text = f"{text.rstrip('.')}: {for_display(message, limit=200).rstrip('.')}."
+    return text
+
+
+def _run(shell: str, command: str | None) -> int:
+    """Replace this process with the login shell or the client's command, as sshd would have run it."""
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     signal.signal(signal.SIGXFSZ, signal.SIG_DFL)
     argv_exec = command_argv(shell, command)
