@@ -8,12 +8,13 @@ command the client asked for, exactly as sshd would have run it. It reads only
 """
 from __future__ import annotations
 
-import argparse
 import os
 import pwd
-import signal
 import sys
-from typing import Sequence
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # annotations only: importing typing costs every SSH login milliseconds
+    from typing import Sequence
 
 from .broker_client import connect, converse
 from .broker_protocol import WRAPPER_ACK_TIMEOUT, NotAccepted, ProtocolError
@@ -121,15 +122,28 @@ def command_argv(shell: str, command: str | None) -> list[str]:
     return [shell, name, "-c", command]
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def _socket_option(args: Sequence[str]) -> str:
+    """The broker socket from the command line (``--socket PATH``; ``--help`` exits).
+
+    Without arguments (how the shipped ForceCommand runs it) this is the default, and argparse
+    (with the regular expressions, gettext and locale it loads: milliseconds on every SSH login)
+    is not imported.
+    """
+    if not args:
+        return DEFAULT_SOCKET
+    import argparse
+
     parser = argparse.ArgumentParser(
         prog="pam-duo-login",
         description="Duo second factor for SSH ForceCommand: asks the pam-duo-py broker to run a Duo "
                     "login for the current user, then runs the login shell or $SSH_ORIGINAL_COMMAND.",
     )
     parser.add_argument("--socket", default=DEFAULT_SOCKET, help=f"broker socket (default {DEFAULT_SOCKET})")
-    args = parser.parse_args(argv)
+    return parser.parse_args(args).socket
 
+
+def main(argv: Sequence[str] | None = None) -> int:
+    socket_path = _socket_option(sys.argv[1:] if argv is None else argv)
     env = os.environ
     command = env.get("SSH_ORIGINAL_COMMAND")
     connection = env.get("SSH_CONNECTION", "").split()
@@ -151,7 +165,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "command": command,
         "env_passcode": passcode,
     }
-    result = _ask_broker(args.socket, request, ui)
+    result = _ask_broker(socket_path, request, ui)
     if result is None:
         return 1
     if result[0] not in (Result.SUCCESS, Result.IGNORE):
@@ -191,8 +205,10 @@ def _refusal(result: Result, message: str) -> str:
 
 def _run(shell: str, command: str | None) -> int:
     """Replace this process with the login shell or the client's command, as sshd would have run it."""
-    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
-    signal.signal(signal.SIGXFSZ, signal.SIG_DFL)
+    import _signal  # the C module: signal.py builds enums, and this is all that is needed of it
+
+    _signal.signal(_signal.SIGPIPE, _signal.SIG_DFL)
+    _signal.signal(_signal.SIGXFSZ, _signal.SIG_DFL)
     argv_exec = command_argv(shell, command)
     try:
         os.execv(argv_exec[0], argv_exec[1:])
