@@ -338,6 +338,25 @@ def test_non_interactive_sudo_pushes_once_without_prompting(authenticate, conf, 
     assert pamh.texts(ECHO_ON) == [] and duo.fake.factors == ["push"]
 
 
+# -- the backend -------------------------------------------------------------------------------
+
+def test_the_backend_is_chosen_by_the_effective_uid():
+    backend = pam.choose_backend("/etc/x.toml", True)
+    if os.geteuid() == 0:  # a broker first, then this process
+        assert isinstance(backend, pam.BrokerFirst) and backend.default_socket == pam.DEFAULT_SOCKET
+        backend = backend.local
+    assert isinstance(backend, InProcess) and (backend.config_path, backend.debug) == ("/etc/x.toml", True)
+
+
+def test_without_a_broker_the_login_is_decided_in_process(conf, duo, tmp_path, syslog_lines):
+    def broker_first(config_path, debug):
+        return pam.BrokerFirst(config_path, duo.choose(config_path, debug), str(tmp_path / "no-broker.sock"))
+
+    rc = pam_sm_authenticate(FakePamh(user=ME, service="sshd", tty="ssh"), 0, conf(), choose=broker_first)
+    assert rc == SUCCESS and duo.made == 1
+    assert any(text.startswith(f"Skipped Duo login for '{ME}'") for _, text in syslog_lines)
+
+
 # -- PamPrompter -------------------------------------------------------------------------------
 
 def test_prompter_ask_uses_an_echoed_prompt():
