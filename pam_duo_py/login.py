@@ -152,11 +152,15 @@ def _hostname() -> str:
 
 
 class InProcess:
-    """The login decided in this process, with the config at ``config_path`` (loaded once, when first needed)."""
+    """The login decided in this process, with the config at ``config_path`` (loaded once, when first needed).
 
-    def __init__(self, config_path: str, *, debug: bool = False) -> None:
+    ``duo_factory`` makes the Duo client from the config's ``[duo]`` (tests pass a fake).
+    """
+
+    def __init__(self, config_path: str, *, debug: bool = False, duo_factory: Callable = _default_duo) -> None:
         self.config_path = config_path
         self.debug = debug
+        self.duo_factory = duo_factory
         self._config: Config | None = None
         self._loaded = False
 
@@ -183,7 +187,7 @@ class InProcess:
         from .events import EventSink
 
         sink = EventSink(config.log.audit_file, debug=self.debug)
-        return authenticate(config, request, ui, sink=sink).result
+        return authenticate(config, request, ui, sink=sink, duo_factory=self.duo_factory).result
 
 
 def _duo_facts(duo: object) -> dict:
