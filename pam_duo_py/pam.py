@@ -147,7 +147,7 @@ class BrokerFirst:
         return None if result.declined else result
 
     def authenticate(self, request: LoginRequest, ui: Any) -> Result:
-        # The broker checks that it serves this same config file, and declines otherwise.
+        # The broker serves this config file too when it can (it loads it), and declines otherwise.
         result = self._broker(self.default_socket, request, ui)
         if result is not None:
             return result
