@@ -166,11 +166,12 @@ def _recv_exact(sock: Any, size: int, deadline: float | None = None) -> bytes:
     while left:
         try:
             if deadline is not None:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise ProtocolError("peer went away: timed out")
-                sock.settimeout(remaining)
+                # Past the deadline, what already arrived is still taken (a reader that was not
+                # scheduled in time must not call an answer that is waiting for it missing).
+                sock.settimeout(max(deadline - time.monotonic(), 0.0))
             chunk = sock.recv(min(left, 65536))
+        except BlockingIOError:
+            raise ProtocolError("peer went away: timed out") from None
         except OSError as exc:
             raise ProtocolError(f"peer went away: {exc.strerror or exc}") from None
         if not chunk:
