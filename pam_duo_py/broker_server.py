@@ -100,6 +100,11 @@ class _Pooled:
 class ClientPool:
     """Duo clients kept between logins, the next one's connection kept warm (see :mod:`pam_duo_py.keepwarm`).
 
+    Bounded: a login holds one client (one connection) while it runs, so clients in use are
+    at most the logins the broker admitted (``max_connections``, ``MAX_PER_USER`` for one user);
+    at most ``MAX_IDLE_CLIENTS`` wait idle, and the keeper closes idle ones beyond the next
+    login's after a minute of quiet or when the server closes them. One pool per served config.
+
     ``background=False`` leaves the keeper's passes to the caller (unit tests, with a fake clock).
     """
 
