@@ -21,6 +21,8 @@ from .errors import ConversationError
 from .files import socket_directory_problem
 from .result import Result
 
+RETRY_PAUSE = 0.01  # seconds between tries while the broker's listen queue is full
+
 
 class BrokerSocket(_socket.socket):
     """A connected stream socket that closes at the end of a ``with`` block (``socket.socket`` without its imports)."""
@@ -41,16 +43,29 @@ def check_socket_dir(path: str) -> None:
         raise ProtocolError(problem)
 
 
-def connect(path: str, timeout: float = ACK_TIMEOUT) -> BrokerSocket:
-    """Connect to the broker, checking that the socket directory and the peer are root's."""
+def connect(path: str, timeout: float = ACK_TIMEOUT, *, pause: Any = time.sleep) -> BrokerSocket:
+    """Connect to the broker, checking that the socket directory and the peer are root's.
+
+    A full listen queue (a burst of connections, or one user's flood the broker is
+    shedding) answers ``EAGAIN`` at once on a socket with a timeout: try again, every
+    ``RETRY_PAUSE`` seconds, until ``timeout`` has passed.
+    """
     try:
         check_socket_dir(path)
     except OSError as exc:
         raise ProtocolError(f"broker socket {path}: {exc.strerror or exc}") from None
+    deadline = time.monotonic() + timeout
     sock = BrokerSocket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     sock.settimeout(timeout)
     try:
-        sock.connect(path)
+        while True:
+            try:
+                sock.connect(path)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise
+                pause(RETRY_PAUSE)
     except OSError as exc:
         sock.close()
         raise ProtocolError(f"broker not reachable at {path}: {exc.strerror or exc}") from None

@@ -72,12 +72,14 @@ class Health:
         broker = self.broker
         with broker._lock:
             inflight = sum(broker._active.values())
-        pool = broker.pool
-        with pool._lock:
-            idle = len(pool._idle)
+        served = broker.configs.all()
+        idle = 0
+        for config in served:
+            with config.pool._lock:
+                idle += len(config.pool._idle)
         return {"v": 1, "pid": os.getpid(), "time": round(time.time(), 3), "started": round(self.started, 3),
                 "inflight_logins": inflight, "connections": self.connections, "busy": self.busy, "shed": broker.shed,
-                "pool_idle_clients": idle,
+                "pool_idle_clients": idle, "configs": len(served),
                 "reloads": self.reloads, "reload_failures": self.reload_failures,
                 "interval": STATS_INTERVAL}
 

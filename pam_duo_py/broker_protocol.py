@@ -45,8 +45,9 @@ and last ``{"type": "result", "result": "SUCCESS", "message": "..."}`` (a name o
 people (clients decide on ``result`` alone): a first frame that is not a valid
 frame, or does not arrive whole within ``FIRST_FRAME_TIMEOUT``, gets ``SERVICE_ERR``
 / ``"bad request"``; a first frame of another type ``SERVICE_ERR`` / ``"expected a
-login request"``; a root caller naming another config file ``OTHER_CONFIG`` (the PAM
-module then decides in-process); a config that changed on disk and no longer loads
+login request"``; a root caller naming a config file the broker does not serve
+(:mod:`pam_duo_py.broker_configs`) ``OTHER_CONFIG`` (the PAM module then decides
+in-process); a config that does not load, or changed on disk and no longer loads,
 ``BAD_CONFIG``.
 
 Trust (:mod:`pam_duo_py.broker_trust`): the caller's uid comes from the kernel
@@ -96,7 +97,7 @@ WRAPPER_SERVICE = "pam-duo-login"
 # The text that goes with the broker's own answers, for people (pam-duo-login shows it).
 MESSAGES = {
     Result.BUSY: "too many concurrent logins for this user",
-    Result.OTHER_CONFIG: "the broker serves another config",
+    Result.OTHER_CONFIG: "the broker serves another config",  # it does not serve the one named
     Result.BAD_CONFIG: "configuration error (see the system log)",
 }
 _HEADER = struct.Struct(">I")
@@ -165,11 +166,12 @@ def _recv_exact(sock: Any, size: int, deadline: float | None = None) -> bytes:
     while left:
         try:
             if deadline is not None:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise ProtocolError("peer went away: timed out")
-                sock.settimeout(remaining)
+                # Past the deadline, what already arrived is still taken (a reader that was not
+                # scheduled in time must not call an answer that is waiting for it missing).
+                sock.settimeout(max(deadline - time.monotonic(), 0.0))
             chunk = sock.recv(min(left, 65536))
+        except BlockingIOError:
+            raise ProtocolError("peer went away: timed out") from None
         except OSError as exc:
             raise ProtocolError(f"peer went away: {exc.strerror or exc}") from None
         if not chunk:

@@ -7,9 +7,10 @@ can read them. The wire protocol and its limits are in
 within those limits, keeps Duo connections warm between logins (:class:`ClientPool`)
 and runs each login with :func:`pam_duo_py.login.authenticate`.
 
-Before each login it compares the identity of its config file and of every file
-the config names with what it loaded (see :mod:`pam_duo_py.watch`) and reloads on
-a change.
+It serves its own config file and, for the PAM module, others named with ``conf=``
+(:mod:`pam_duo_py.broker_configs`); before each login it compares the identity of
+that config file and of every file it names with what it loaded (see
+:mod:`pam_duo_py.watch`) and reloads on a change.
 """
 from __future__ import annotations
 
@@ -37,7 +38,7 @@ from .broker_protocol import (
     recv_frame,
     send_frame,
 )
-from .broker_trust import Refusal, login_request
+from .broker_trust import Refusal, login_request, named_config
 from .errors import ConfigError, ConversationError
 from .result import Result
 
@@ -99,6 +100,11 @@ class _Pooled:
 class ClientPool:
     """Duo clients kept between logins, the next one's connection kept warm (see :mod:`pam_duo_py.keepwarm`).
 
+    Bounded: a login holds one client (one connection) while it runs, so clients in use are
+    at most the logins the broker admitted (``max_connections``, ``MAX_PER_USER`` for one user);
+    at most ``MAX_IDLE_CLIENTS`` wait idle, and the keeper closes idle ones beyond the next
+    login's after a minute of quiet or when the server closes them. One pool per served config.
+
     ``background=False`` leaves the keeper's passes to the caller (unit tests, with a fake clock).
     """
 
@@ -155,16 +161,14 @@ class ClientPool:
 class Broker:
     def __init__(self, config_path: str, *, socket_path: str | None = None,
                  duo_factory: Callable[[Any], Any] | None = None) -> None:
-        from . import watch
+        from .broker_configs import ServedConfigs
 
         self.config_path = config_path
-        self.config, self._stamps = watch.load(config_path)
+        self.configs = ServedConfigs(config_path, lambda settings: ClientPool(settings, duo_factory), self._reported)
         self.socket_path = socket_path or self.config.broker.socket
         import threading
 
         self._threading = threading
-        self._duo_factory = duo_factory
-        self.pool = ClientPool(self.config.duo, duo_factory)
         from .transport import bound_name_lookups
 
         bound_name_lookups()  # the broker may start threads: name lookups end at the call's deadline
@@ -174,58 +178,52 @@ class Broker:
         self.max_connections = MAX_CONNECTIONS
         self.shed = 0  # connections closed unserved (a cap, no descriptor or no thread)
         self._lock = threading.Lock()
-        self._config_lock = threading.Lock()
         self._stop = threading.Event()
         self._hup = False
         self._listener: socket.socket | None = None
         self._spare: int | None = None
-        from .events import EventSink
-
-        self.sink = EventSink(self.config.log.audit_file)
         from .broker_health import Health
 
         self.health = Health(self)
 
-    # -- configuration
+    # -- configuration (see :mod:`pam_duo_py.broker_configs`)
 
-    def _load(self, why: str) -> bool:
-        """Load the config again. On failure nobody logs in until the disk holds a valid config again."""
-        from . import watch
-        from .events import EventSink
+    @property
+    def config(self) -> Any:
+        """The default config (the broker's own), as last loaded."""
+        return self.configs.default.config
 
-        try:
-            config, stamps = watch.load(self.config_path)
-        except Exception as exc:  # ConfigError or anything else: never take the broker down
-            problems = "; ".join(getattr(exc, "problems", ())) or f"{type(exc).__name__}: {exc}"
-            self._stamps = {("file", ""): ()}  # matches nothing: the next login tries again
-            self.sink.error(f"broker: config {why}; reload failed, logins refused until it is fixed: {problems}")
-            self.sink.broker(f"reload failed, logins refused until the config is fixed: {problems}", error=True)
-            self.health.reloaded(False)
-            return False
-        old, ca = self.config, ("file", config.duo.ca_file)
-        renew = config.duo != old.duo or stamps.get(ca) != self._stamps.get(ca)  # keep warm connections if we can
-        self.config, self._stamps = config, stamps
-        self.sink = EventSink(config.log.audit_file)
-        if renew:
-            pool, self.pool = self.pool, ClientPool(config.duo, self._duo_factory)
-            pool.close()
-        self.sink.broker(f"reloaded {self.config_path}" + ("" if why == "SIGHUP" else f" ({why})"))
-        self.health.reloaded(True)
-        return True
+    @property
+    def pool(self) -> ClientPool:
+        return self.configs.default.pool
+
+    @property
+    def sink(self) -> Any:
+        return self.configs.default.sink
+
+    def _reported(self, served: Any, why: str, problems: str | None) -> None:
+        if why == "first use":
+            self.sink.broker(f"serving {served.path} too (named by a PAM line)")
+            return
+        if problems is not None and served is self.configs.default:
+            served.sink.error(f"broker: config {why}; reload failed, logins refused until it is fixed: {problems}")
+            served.sink.broker(f"reload failed, logins refused until the config is fixed: {problems}", error=True)
+        elif problems is not None:
+            served.sink.error(f"broker: config {served.path} {why}; reload failed, its logins refused until it is "
+                              f"fixed: {problems}")
+            served.sink.broker(f"reload of {served.path} failed, its logins refused until it is fixed: {problems}",
+                               error=True)
+        else:
+            served.sink.broker(f"reloaded {served.path}" + ("" if why == "SIGHUP" else f" ({why})"))
+        self.health.reloaded(problems is None)
 
     def reload(self) -> bool:
-        """Read the config again (SIGHUP, from the accept loop)."""
-        with self._config_lock:
-            return self._load("SIGHUP")
+        """Read every served config again (SIGHUP, from the accept loop)."""
+        return self.configs.reload_all()
 
     def current_config(self) -> Any:
-        """The config as it is on disk now, reloading when a file changed; None when it does not load."""
-        from . import watch
-
-        with self._config_lock:
-            if watch.changed(self._stamps) and not self._load("changed on disk"):
-                return None
-            return self.config
+        """The default config as it is on disk now, reloading when a file changed; None when it does not load."""
+        return self.configs.current(self.configs.default)
 
     # -- lifecycle
 
@@ -304,7 +302,7 @@ class Broker:
         self._stop.set()
         if self._listener is not None:
             self._listener.close()
-        self.pool.close()
+        self.configs.close()
 
     # -- admission: nothing a caller does may end the broker or block others
 
@@ -398,7 +396,7 @@ class Broker:
         self._send(conn, {"type": "result", "result": result.value, "message": text})
 
     def _request(self, conn: socket.socket, uid: int) -> Any:
-        """The login request from the first frame, or None after answering a refusal."""
+        """The login request from the first frame and the served config it names, or None after answering a refusal."""
         from .users import lookup_uid
 
         try:
@@ -408,20 +406,25 @@ class Broker:
                 self.sink.error(f"broker: bad request from uid {uid}: {exc}")
                 self._reply(conn, Result.SERVICE_ERR, "bad request")
             return None
-        request = login_request(uid, message, self.config_path, lookup_uid)
+        request = login_request(uid, message, lookup_uid)
         if isinstance(request, Refusal):
             if request.note:
                 self.sink.error(request.note)
             self._reply(conn, request.result, request.message)
             return None
-        return request
+        served = self.configs.for_login(named_config(uid, message))
+        if isinstance(served, Result):
+            self._reply(conn, served)  # another config it cannot serve (declined), or one that does not load
+            return None
+        return request, served
 
     def _login(self, conn: socket.socket, uid: int) -> None:
         from .login import authenticate
 
-        request = self._request(conn, uid)
-        if request is None:
+        asked = self._request(conn, uid)
+        if asked is None:
             return
+        request, served = asked
         key = ("user", request.user) if uid == 0 else ("uid", uid)
         if not self._enter(key):
             self.health.busy += 1
@@ -430,12 +433,11 @@ class Broker:
         try:
             if not self._send(conn, {"type": "accepted"}):
                 return  # the client gave up waiting (and decides in-process): nothing was sent to Duo
-            config = self.current_config()
+            config = self.configs.current(served)
             if config is None:
                 self._reply(conn, Result.BAD_CONFIG)
                 return
-            pool = self.pool
-            outcome = authenticate(config, request, BrokerPrompter(conn), sink=self.sink, duo_factory=pool.get)
+            outcome = authenticate(config, request, BrokerPrompter(conn), sink=served.sink, duo_factory=served.pool.get)
             self._reply(conn, outcome.result)
         finally:
             self._leave(key)

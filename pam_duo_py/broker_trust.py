@@ -2,20 +2,18 @@
 
 The caller's uid comes from the kernel (``SO_PEERCRED``), never from the frame.
 Root (the PAM module inside sshd, sudo, su) may name any user, service, address,
-password and config, and the real uid of the program it runs in. Anyone else
+password and config file (:func:`named_config`), and the real uid of the program it runs in. Anyone else
 (``pam-duo-login``) is authenticated as their own user only, under the service
 ``pam-duo-login``; the address they send is logged as claimed and never sent to
 Duo; a password or config they send is ignored.
 """
 from __future__ import annotations
 
-import os
-
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any, Callable
 
-from .broker_protocol import MESSAGES, WRAPPER_SERVICE
+from .broker_protocol import WRAPPER_SERVICE
 from .hosts import profile
 from .login import LoginRequest
 from .record import Record
@@ -43,16 +41,15 @@ def _caller_uid(message: dict[str, Any]) -> int:
     return value if type(value) is int and 0 <= value < 2**32 else 0
 
 
-def same_file(a: str, b: str) -> bool:
-    return os.path.realpath(a) == os.path.realpath(b)
+def named_config(uid: int, message: dict[str, Any]) -> str | None:
+    """The config file the login is to be decided with: root's choice, or None (the broker's own)."""
+    return _text(message, "config") if uid == 0 else None
 
 
-def login_request(uid: int, message: dict[str, Any], served_config: str,
-                  lookup_uid: Callable[[int], Any]) -> LoginRequest | Refusal:
+def login_request(uid: int, message: dict[str, Any], lookup_uid: Callable[[int], Any]) -> LoginRequest | Refusal:
     """The login the first frame ``message`` asks for, as the peer ``uid`` may ask for it, or why not.
 
-    ``served_config`` is the config file this broker serves; ``lookup_uid(uid)``
-    returns the passwd entry (with ``.name``) of a uid, or None.
+    ``lookup_uid(uid)`` returns the passwd entry (with ``.name``) of a uid, or None.
     """
     if message.get("type") != "login":
         return Refusal(Result.SERVICE_ERR, "expected a login request")
@@ -61,9 +58,6 @@ def login_request(uid: int, message: dict[str, Any], served_config: str,
         return Refusal(Result.USER_UNKNOWN, "no user named")
     interactive = message.get("interactive") if isinstance(message.get("interactive"), bool) else None
     if uid == 0:
-        wanted = _text(message, "config")
-        if wanted and not same_file(wanted, served_config):
-            return Refusal(Result.OTHER_CONFIG, MESSAGES[Result.OTHER_CONFIG])
         return LoginRequest(
             user=user, service=_text(message, "service", 64) or "", rhost=_text(message, "rhost", 256),
             tty=_text(message, "tty", 256), interactive=interactive,

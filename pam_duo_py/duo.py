@@ -235,7 +235,8 @@ class DuoClient(AuthCalls):
         if transport is None:
             from .transport import https_transport
 
-            transport, self._https = https_transport(settings, clock=clock, sleep=sleep)
+            transport, self._https = https_transport(settings, clock=clock, sleep=sleep,
+                                                     default_ca_file=lambda: duo_client_module().DEFAULT_CA_CERTS)
         self.transport = transport
         self._close = self._https.close if self._https is not None else getattr(transport, "close", None)
         self.server_time_offset: float | None = None  # Duo's clock minus ours (s), from the last reply's Date

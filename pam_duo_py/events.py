@@ -37,11 +37,10 @@ from . import files
 from .errors import FileRuleError
 from .paths import JOURNAL_SOCKET
 from .logline import LOG_DEBUG, LOG_ERR, LOG_INFO, LOG_WARNING, send_syslog  # noqa: F401
-from .text import for_log
+from .text import CLAIMED, address_for_log, for_log  # noqa: F401  (CLAIMED: for the events' users)
 
 OUTCOMES = ("success", "failure", "failsafe", "exempt", "preauth_allow", "error")
 ADMIN_OUTCOMES = ("admin",)
-CLAIMED = " (claimed)"  # after an address that an unprivileged broker client reported
 FIELDS = ("outcome", "user", "duo_user", "service", "rhost", "tty", "factor", "txid", "reason")
 
 
@@ -120,13 +119,6 @@ def _hostname() -> str:
 
 def _who(record: dict[str, Any]) -> str:
     return f"'{for_log(record.get('duo_user') or record.get('user'), 100)}'"
-
-
-def address_for_log(rhost: Any, limit: int = 64) -> str:
-    """The remote address for a log line, capped; the claimed marker is kept outside the cap."""
-    if isinstance(rhost, str) and rhost.endswith(CLAIMED):
-        return for_log(rhost[: -len(CLAIMED)], limit) + CLAIMED
-    return for_log(rhost, limit)
 
 
 def syslog_line(record: dict[str, Any]) -> tuple[int, str]:

@@ -12,10 +12,9 @@ import os
 import socket
 from typing import Any
 
-from .events import address_for_log
 from .logline import IDENT, LOG_AUTHPRIV
 from .paths import JOURNAL_SOCKET
-from .text import for_log
+from .text import address_for_log, for_log
 
 
 # One stable 128-bit id per outcome: `journalctl MESSAGE_ID=...` finds every such decision.

@@ -121,7 +121,7 @@ def authenticate(config: Config, request: LoginRequest, ui: Prompter, *, sink: E
     )
     duo = duo_factory(config.duo)
     try:
-        outcome = Engine(config.auth, duo, ui, **_stores(config, request.caller_uid, sink)).run(login)
+        outcome = Engine(config.auth, duo, ui, **_stores(config, host, request.caller_uid, sink)).run(login)
     finally:
         facts = _duo_facts(duo)  # before close(): a pooled client goes back to serve other logins
         duo.close()
@@ -130,7 +130,7 @@ def authenticate(config: Config, request: LoginRequest, ui: Prompter, *, sink: E
     return outcome
 
 
-def _stores(config: Config, caller_uid: int, sink: EventSink) -> dict:
+def _stores(config: Config, host: HostProfile, caller_uid: int, sink: EventSink) -> dict:
     """The remembered logins and preferred devices the config asks for, as the engine's keywords."""
     stores: dict = {}
     if config.remember.seconds > 0 or config.auth.preferred_device:
@@ -139,7 +139,7 @@ def _stores(config: Config, caller_uid: int, sink: EventSink) -> dict:
         if config.remember.seconds > 0:
             stores["remember"] = Remember(config.remember.state_dir, config.remember.seconds,
                                           config.remember.services_without_address, on_problem=sink.error,
-                                          caller_uid=caller_uid)
+                                          per_caller=host.caller_does_duo, caller_uid=caller_uid)
         if config.auth.preferred_device:
             stores["devices"] = PreferredDevices(config.remember.state_dir, on_problem=sink.error)
     return stores
@@ -152,11 +152,15 @@ def _hostname() -> str:
 
 
 class InProcess:
-    """The login decided in this process, with the config at ``config_path`` (loaded once, when first needed)."""
+    """The login decided in this process, with the config at ``config_path`` (loaded once, when first needed).
 
-    def __init__(self, config_path: str, *, debug: bool = False) -> None:
+    ``duo_factory`` makes the Duo client from the config's ``[duo]`` (tests pass a fake).
+    """
+
+    def __init__(self, config_path: str, *, debug: bool = False, duo_factory: Callable = _default_duo) -> None:
         self.config_path = config_path
         self.debug = debug
+        self.duo_factory = duo_factory
         self._config: Config | None = None
         self._loaded = False
 
@@ -183,7 +187,7 @@ class InProcess:
         from .events import EventSink
 
         sink = EventSink(config.log.audit_file, debug=self.debug)
-        return authenticate(config, request, ui, sink=sink).result
+        return authenticate(config, request, ui, sink=sink, duo_factory=self.duo_factory).result
 
 
 def _duo_facts(duo: object) -> dict:

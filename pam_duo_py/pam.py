@@ -147,7 +147,7 @@ class BrokerFirst:
         return None if result.declined else result
 
     def authenticate(self, request: LoginRequest, ui: Any) -> Result:
-        # The broker checks that it serves this same config file, and declines otherwise.
+        # The broker serves this config file too when it can (it loads it), and declines otherwise.
         result = self._broker(self.default_socket, request, ui)
         if result is not None:
             return result
@@ -199,9 +199,10 @@ def _authenticate(pamh: Any, flags: int, argv: list[str], choose: Any = None) ->
     return _code(pamh, backend.authenticate(request, ui).pam_name)
 
 
-def pam_sm_authenticate(pamh: Any, flags: int, argv: list[str]) -> int:
+def pam_sm_authenticate(pamh: Any, flags: int, argv: list[str], choose: Any = None) -> int:
+    """pam_python passes three arguments; ``choose`` (``choose_backend`` when None) is for tests."""
     try:
-        return _authenticate(pamh, flags, argv)
+        return _authenticate(pamh, flags, argv, choose)
     except BaseException:
         try:
             import traceback

@@ -28,7 +28,6 @@ from typing import Any, Callable
 
 from . import files
 from .errors import FileRuleError
-from .hosts import SU_SERVICES as CALLER_SERVICES  # remembered per calling uid
 
 REMEMBER_FILE = "remember.json"
 DEVICES_FILE = "devices.json"
@@ -157,11 +156,12 @@ class Remember:
 
     def __init__(self, state_dir: str, seconds: int, services_without_address: tuple[str, ...], *,
                  on_problem: Callable[[str], None], clock: Callable[[], float] = time.time,
-                 caller_uid: int | None = None) -> None:
+                 per_caller: bool = False, caller_uid: int | None = None) -> None:
         self.store = JsonStore(os.path.join(state_dir, REMEMBER_FILE), on_problem=on_problem)
         self.seconds = seconds
         self.services_without_address = services_without_address
         self.clock = clock
+        self.per_caller = per_caller  # the host program's profile says the caller does Duo (su)
         self.caller_uid = caller_uid  # the uid that started this login (su's caller)
 
     def key(self, user: str, service: str, rhost: str | None, ipaddr: str | None) -> str | None:
@@ -180,7 +180,7 @@ class Remember:
             where = None
         if not where:
             return None
-        if service in CALLER_SERVICES:
+        if self.per_caller:
             # su: who typed the command matters, not only whose account it opens: alice's
             # own "su -" must not remember a login that bob's "su alice" could then use.
             if self.caller_uid is None:

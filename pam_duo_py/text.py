@@ -28,3 +28,13 @@ def for_log(text: object, limit: int = 256) -> str:
     if len(text) > limit:
         text = text[:limit] + "..."
     return text.translate(_LOG)
+
+
+CLAIMED = " (claimed)"  # after an address that an unprivileged broker client reported
+
+
+def address_for_log(rhost: object, limit: int = 64) -> str:
+    """The remote address for a log line, capped; the claimed marker is kept outside the cap."""
+    if isinstance(rhost, str) and rhost.endswith(CLAIMED):
+        return for_log(rhost[: -len(CLAIMED)], limit) + CLAIMED
+    return for_log(rhost, limit)

@@ -377,11 +377,7 @@ def _peer_closed(sock: socket.socket | None) -> bool:
             pass
 
 
-def _ssl_context(ca_file: str | None) -> ssl.SSLContext:
-    if ca_file is None:
-        from .duo import duo_client_module
-
-        ca_file = duo_client_module().DEFAULT_CA_CERTS
+def _ssl_context(ca_file: str) -> ssl.SSLContext:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.load_verify_locations(cafile=ca_file)
@@ -393,10 +389,12 @@ def _ssl_context(ca_file: str | None) -> ssl.SSLContext:
 class HTTPSTransport:
     """HTTPS to one port (optionally through an HTTP CONNECT proxy) on one keep-alive connection."""
 
-    def __init__(self, settings: DuoSettings, *, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, settings: DuoSettings, *, clock: Callable[[], float] = time.monotonic,
+                 default_ca_file: Callable[[], str] | None = None) -> None:
         self.port = settings.port or 443
         self.proxy = settings.proxy
         self._ca_file = settings.ca_file
+        self._default_ca_file = default_ca_file  # the bundle to pin when the config names none
         self._context: ssl.SSLContext | None = None
         self._clock = clock
         self._conn: _Connection | None = None
@@ -411,7 +409,10 @@ class HTTPSTransport:
 
     def _connect(self, host: str) -> _Connection:
         if self._context is None:
-            self._context = _ssl_context(self._ca_file)
+            ca_file = self._ca_file or (self._default_ca_file() if self._default_ca_file else None)
+            if not ca_file:
+                raise ssl.SSLError("no CA bundle to verify Duo's certificate with")
+            self._context = _ssl_context(ca_file)
         self.connections_opened += 1
         proxy = self.proxy
         tcp = _open_tcp(proxy.host, proxy.port, self.remaining) if proxy else _open_tcp(host, self.port, self.remaining)
@@ -523,7 +524,8 @@ class HTTPSTransport:
 
 
 def https_transport(settings: DuoSettings, *, clock: Callable[[], float] = time.monotonic,
-                    sleep: Callable[[float], None] = time.sleep) -> tuple[RateLimitWaits, HTTPSTransport]:
+                    sleep: Callable[[float], None] = time.sleep,
+                    default_ca_file: Callable[[], str] | None = None) -> tuple[RateLimitWaits, HTTPSTransport]:
     """The real transport (429 waits around HTTPS) and its HTTPS part (the connection's upkeep)."""
-    https = HTTPSTransport(settings, clock=clock)
+    https = HTTPSTransport(settings, clock=clock, default_ca_file=default_ca_file)
     return RateLimitWaits(https, clock=clock, sleep=sleep), https

@@ -8,12 +8,13 @@ command the client asked for, exactly as sshd would have run it. It reads only
 """
 from __future__ import annotations
 
-import argparse
 import os
 import pwd
-import signal
 import sys
-from typing import Sequence
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # annotations only: importing typing costs every SSH login milliseconds
+    from typing import Sequence
 
 from .broker_client import connect, converse
 from .broker_protocol import WRAPPER_ACK_TIMEOUT, NotAccepted, ProtocolError
@@ -121,15 +122,28 @@ def command_argv(shell: str, command: str | None) -> list[str]:
     return [shell, name, "-c", command]
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def _socket_option(args: Sequence[str]) -> str:
+    """The broker socket from the command line (``--socket PATH``; ``--help`` exits).
+
+    Without arguments (how the shipped ForceCommand runs it) this is the default, and argparse
+    (with the regular expressions, gettext and locale it loads: milliseconds on every SSH login)
+    is not imported.
+    """
+    if not args:
+        return DEFAULT_SOCKET
+    import argparse
+
     parser = argparse.ArgumentParser(
         prog="pam-duo-login",
         description="Duo second factor for SSH ForceCommand: asks the pam-duo-py broker to run a Duo "
                     "login for the current user, then runs the login shell or $SSH_ORIGINAL_COMMAND.",
     )
     parser.add_argument("--socket", default=DEFAULT_SOCKET, help=f"broker socket (default {DEFAULT_SOCKET})")
-    args = parser.parse_args(argv)
+    return parser.parse_args(args).socket
 
+
+def main(argv: Sequence[str] | None = None) -> int:
+    socket_path = _socket_option(sys.argv[1:] if argv is None else argv)
     env = os.environ
     command = env.get("SSH_ORIGINAL_COMMAND")
     connection = env.get("SSH_CONNECTION", "").split()
@@ -151,34 +165,50 @@ def main(argv: Sequence[str] | None = None) -> int:
         "command": command,
         "env_passcode": passcode,
     }
+    result = _ask_broker(socket_path, request, ui)
+    if result is None:
+        return 1
+    if result[0] not in (Result.SUCCESS, Result.IGNORE):
+        sys.stderr.write(_refusal(*result) + "\n")
+        return 1
+    return _run(shell, command)
+
+
+def _ask_broker(socket_path: str, request: dict, ui: TerminalPrompter) -> tuple[Result, str] | None:
+    """The broker's verdict and reason; None when there is none (the reason is already on stderr)."""
     try:
-        sock = connect(args.socket, timeout=WRAPPER_ACK_TIMEOUT)
+        sock = connect(socket_path, timeout=WRAPPER_ACK_TIMEOUT)
     except ProtocolError as exc:
         sys.stderr.write(f"pam-duo-login: {exc}; login refused.\n")
-        return 1
+        return None
     try:
         with sock:
-            result, message = converse(sock, request, ui, ack_timeout=WRAPPER_ACK_TIMEOUT)
+            return converse(sock, request, ui, ack_timeout=WRAPPER_ACK_TIMEOUT)
     except NotAccepted as exc:
         sys.stderr.write(f"pam-duo-login: the broker did not take the login: {exc}; login refused.\n")
-        return 1
     except (ProtocolError, OSError) as exc:
         sys.stderr.write(f"pam-duo-login: lost the broker: {exc}; login refused.\n")
-        return 1
     except KeyboardInterrupt:  # Ctrl-C while a push is pending: no traceback, nothing runs
         sys.stderr.write(RESULT_MESSAGES[Result.CONV_ERR] + "\n")
-        return 1
     finally:
         ui.close()
-    if result not in (Result.SUCCESS, Result.IGNORE):
-        text = RESULT_MESSAGES.get(result, "Duo login refused.")
-        if message:  # the broker's own reason (e.g. too many concurrent logins), already plain text
-            text = f"{text.rstrip('.')}: {for_display(message, limit=200).rstrip('.')}."
-        sys.stderr.write(text + "\n")
-        return 1
+    return None
 
-    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
-    signal.signal(signal.SIGXFSZ, signal.SIG_DFL)
+
+def _refusal(result: Result, message: str) -> str:
+    """What the user reads when the login is refused."""
+    text = RESULT_MESSAGES.get(result, "Duo login refused.")
+    if message:  # the broker's own reason (e.g. too many concurrent logins), already plain text
+        text = f"{text.rstrip('.')}: {for_display(message, limit=200).rstrip('.')}."
+    return text
+
+
+def _run(shell: str, command: str | None) -> int:
+    """Replace this process with the login shell or the client's command, as sshd would have run it."""
+    import _signal  # the C module: signal.py builds enums, and this is all that is needed of it
+
+    _signal.signal(_signal.SIGPIPE, _signal.SIG_DFL)
+    _signal.signal(_signal.SIGXFSZ, _signal.SIG_DFL)
     argv_exec = command_argv(shell, command)
     try:
         os.execv(argv_exec[0], argv_exec[1:])

@@ -24,7 +24,9 @@ class FakeBroker:
         self._lock = threading.Lock()
         self._active = {0: 2, 1000: 1}
         self.shed = 3
-        self.pool = type("Pool", (), {"_lock": threading.Lock(), "_idle": [object()]})()
+        pool = type("Pool", (), {"_lock": threading.Lock(), "_idle": [object()]})()
+        served = type("Served", (), {"pool": pool})()
+        self.configs = type("Configs", (), {"all": lambda self: [served]})()
 
 
 def test_sink_sends_to_the_journal_instead_of_syslog(dgram, monkeypatch):

@@ -451,6 +451,21 @@ def test_wrapper_with_no_broker_exits_1_and_runs_nothing(installed, fc_root, dro
     assert "Traceback" not in proc.stderr
 
 
+def test_wrapper_without_arguments_asks_the_default_socket(installed, drop_dir):
+    """As the shipped ForceCommand line runs it: no ``--socket``."""
+    from pam_duo_py.paths import DEFAULT_SOCKET
+
+    if os.path.exists(DEFAULT_SOCKET):
+        pytest.skip(f"a broker may be serving {DEFAULT_SOCKET}")
+    env = clean_env()
+    env["SSH_ORIGINAL_COMMAND"] = f"touch {drop_dir}"
+    proc = subprocess.run(["runuser", "-u", "pdt-alice", "--", str(LOGIN)], env=env, stdin=subprocess.DEVNULL,
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 1 and proc.stdout == ""
+    assert proc.stderr.startswith("pam-duo-login: broker ") and DEFAULT_SOCKET in proc.stderr
+    assert proc.stderr.rstrip().endswith("login refused.") and "Traceback" not in proc.stderr
+
+
 def test_wrapper_with_a_stale_socket_exits_1_and_runs_nothing(installed, fc_root, drop_dir):
     stale = socket_dir(fc_root, "stale") / "broker.sock"
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:

@@ -22,7 +22,6 @@ test_duo_unit.py (replies.parse_* on JSON values).
 from __future__ import annotations
 
 import datetime
-import functools
 import json
 import math
 import os
@@ -37,12 +36,11 @@ from hypothesis import strategies as st
 
 import fakes
 from fakes import APPROVED, PASSCODE_BAD, PASSCODE_OK, FakeDuo, FakePamh, FakePrompter
-from pam_duo_py import login as login_mod
-from pam_duo_py import pam
 from pam_duo_py.config import AuthSettings, Config, DuoIdentity, DuoSettings, parse_config, parse_map_file
 from pam_duo_py.duo import DuoClient
 from pam_duo_py.transport import RateLimitWaits
 from pam_duo_py.engine import Engine, Kind, Login, Outcome, Result
+from pam_duo_py.login import InProcess
 from pam_duo_py.errors import ConfigError, DuoError, FileRuleError
 from pam_duo_py.events import event, syslog_line
 from pam_duo_py.pam import pam_sm_authenticate
@@ -116,17 +114,14 @@ def nothing_formatted():
 
 
 @pytest.fixture
-def entry(tmp_path, monkeypatch, syslog_lines):
-    """entry(pamh, duo, map_text=None) -> (PAM code, syslog lines): one in-process login."""
+def entry(tmp_path, syslog_lines):
+    """entry(pamh, duo, map_text=None) -> (PAM code, syslog lines): one login, decided in-process with ``duo``."""
     os.chmod(tmp_path, 0o700)
-    monkeypatch.setattr(pam, "DEFAULT_SOCKET", str(tmp_path / "no-broker.sock"))
-    monkeypatch.setattr(pam, "DEFAULT_CONFIG", str(tmp_path / "no-default.toml"))
-    holder = {}
-    monkeypatch.setattr(login_mod, "authenticate",
-                        functools.partial(_REAL_AUTHENTICATE, duo_factory=lambda settings: holder["duo"]))
 
     def run(pamh, duo, map_text: str | None = None) -> tuple[int, list[str]]:
-        holder["duo"] = duo
+        def in_process(conf: str, debug: bool) -> InProcess:  # never a broker that may run on this machine
+            return InProcess(conf, debug=debug, duo_factory=lambda settings: duo)
+
         conf = tmp_path / "pam_duo.toml"
         text = (f'[duo]\nikey = "DIABCDEFGHIJKLMNOPQR"\nskey = "{SKEY}"\nhost = "api-test.duosecurity.com"\n'
                 f'[broker]\nsocket = "{tmp_path / "none.sock"}"\n[auth]\nprompts = 3\n')
@@ -138,14 +133,12 @@ def entry(tmp_path, monkeypatch, syslog_lines):
         conf.write_text(text)
         os.chmod(conf, 0o600)
         syslog_lines.clear()
-        rc = pam_sm_authenticate(pamh, 0, ["/usr/local/lib/pam_duo_py/pam_duo.py", f"conf={conf}"])
+        rc = pam_sm_authenticate(pamh, 0, ["/usr/local/lib/pam_duo_py/pam_duo.py", f"conf={conf}"],
+                                 choose=in_process)
         assert type(rc) is int
         return rc, [text for _, text in syslog_lines]
 
     return run
-
-
-_REAL_AUTHENTICATE = login_mod.authenticate
 
 
 def scripted_duo() -> FakeDuo:

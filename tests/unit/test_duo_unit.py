@@ -766,3 +766,12 @@ def test_concurrent_first_logins_in_the_broker_all_get_the_whole_duo_client_modu
         "for t in threads: t.join()\n"
         "print(problems)\n")
     assert out == "[]"
+
+
+def test_without_a_ca_file_the_connection_pins_duo_clients_own_bundle() -> None:
+    from pam_duo_py.duo import duo_client_module
+
+    client = DuoClient(SETTINGS)
+    bundle = client._https._default_ca_file()
+    assert bundle == duo_client_module().DEFAULT_CA_CERTS and os.path.isfile(bundle)
+    assert client._https._ca_file is None

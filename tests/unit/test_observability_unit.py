@@ -96,13 +96,15 @@ def test_health_snapshot_reads_the_real_broker(tmp_path, monkeypatch):
     broker._lock = threading.Lock()
     broker._active = {}
     broker.shed = 2
-    broker.pool = ClientPool(SETTINGS, factory=lambda s: type("C", (), {"settings": s, "close": lambda self: None})())
+    pool = ClientPool(SETTINGS, factory=lambda s: type("C", (), {"settings": s, "close": lambda self: None})())
+    served = type("Served", (), {"pool": pool})()
+    broker.configs = type("Configs", (), {"all": lambda self: [served, served]})()
     assert broker._enter(("uid", 1000))
-    client = broker.pool.get(SETTINGS)
+    client = pool.get(SETTINGS)
     client.close()
     snap = broker_health.Health(broker, environ={}).snapshot()
-    assert snap["inflight_logins"] == 1 and snap["pool_idle_clients"] == 1
-    assert snap["shed"] == 2 and snap["busy"] == 0
+    assert snap["inflight_logins"] == 1 and snap["pool_idle_clients"] == 2  # the idle clients of every served config
+    assert snap["shed"] == 2 and snap["busy"] == 0 and snap["configs"] == 2
 
 
 # -- per-call facts ----------------------------------------------------------------------------

@@ -234,7 +234,8 @@ def test_a_failed_write_does_not_break_later_writes(state_dir, problems, monkeyp
 @pytest.mark.parametrize("service", ["su", "su-l"])
 def test_su_is_remembered_per_calling_uid(state_dir, problems, service):
     def as_caller(uid):
-        return Remember(state_dir, 300, ("su", "su-l"), on_problem=problems.append, clock=FakeClock(), caller_uid=uid)
+        return Remember(state_dir, 300, ("su", "su-l"), on_problem=problems.append, clock=FakeClock(),
+                        per_caller=True, caller_uid=uid)
 
     alice_herself = as_caller(1001)
     alice_herself.record(alice_herself.key("alice", service, None, None))   # alice's own su, approved
@@ -244,9 +245,10 @@ def test_su_is_remembered_per_calling_uid(state_dir, problems, service):
 
 
 def test_su_without_a_known_caller_is_never_remembered(state_dir, problems):
-    store = Remember(state_dir, 300, ("su", "sudo"), on_problem=problems.append, clock=FakeClock())
-    assert store.key("alice", "su", None, None) is None
-    assert store.key("alice", "sudo", None, None)
+    su = Remember(state_dir, 300, ("su", "sudo"), on_problem=problems.append, clock=FakeClock(), per_caller=True)
+    assert su.key("alice", "su", None, None) is None
+    sudo = Remember(state_dir, 300, ("su", "sudo"), on_problem=problems.append, clock=FakeClock())
+    assert sudo.key("alice", "sudo", None, None)
 
 
 # -- the engine with the stores ------------------------------------------------------------
