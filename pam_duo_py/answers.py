@@ -10,9 +10,10 @@ from .record import Record
 from .replies import Device
 from .text import for_display
 
-_WORD = re.compile(r"^(push|phone|sms)([1-9][0-9]?)?$")
-_DIGITS = re.compile(r"^[0-9]{1,20}$")
-_YUBIKEY = re.compile(r"^[cbdefghijklnrtuv]{44}$")
+# Compiled on first use (re caches them): a login that asks nothing does not pay for them.
+_WORD = r"^(push|phone|sms)([1-9][0-9]?)?$"
+_DIGITS = r"^[0-9]{1,20}$"
+_YUBIKEY = r"^[cbdefghijklnrtuv]{44}$"
 _LABELS = {"push": "Duo Push to {}", "phone": "Phone call to {}", "sms": "SMS passcodes to {}"}
 MAX_OPTIONS = 9
 
@@ -88,12 +89,12 @@ def parse_answer(answer: str, menu: Menu, password: str | None) -> Choice | Refu
             return Refusal(f"There is no option {text}. Enter a passcode or an option number.")
         option = menu.options[int(text) - 1]
         return Choice(option.factor, option.device)
-    word = _WORD.match(text.lower()) if text.isascii() else None
+    word = re.match(_WORD, text.lower()) if text.isascii() else None
     if word:
         option = menu.by_word(word.group(1), int(word.group(2)) if word.group(2) else None)
         if option is None:
             return Refusal(f"No device can do '{text.lower()}'. Enter a passcode or an option number.")
         return Choice(option.factor, option.device)
-    if text.isascii() and (_DIGITS.match(text) or _YUBIKEY.match(text)):
+    if text.isascii() and (re.match(_DIGITS, text) or re.match(_YUBIKEY, text)):
         return Choice("passcode", passcode=text)
     return Refusal("Invalid answer: enter a passcode (digits) or an option number.")

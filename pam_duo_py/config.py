@@ -5,7 +5,6 @@ file and line; every other problem names the file and the dotted key.
 """
 from __future__ import annotations
 
-import fnmatch
 import os
 import re
 import sys
@@ -24,12 +23,31 @@ else:  # pragma: no cover - exercised only on older Pythons
 DEFAULT_PATH = DEFAULT_CONFIG
 DEFAULT_STATE_DIR = "/var/lib/pam_duo_py"
 
-_IKEY = re.compile(r"^DI[0-9A-Z]{18}$")
-_SKEY = re.compile(r"^[0-9A-Za-z]{40}$")
-_HOSTNAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
-_PROXY = re.compile(r"^http://(?:(?P<user>[^:@/\s]+):(?P<password>[^@/\s]*)@)?(?P<host>[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\]):(?P<port>[0-9]{1,5})/?$")
-_USER_ID = re.compile(r"^DU[0-9A-Z]{18}$")
-_GROUP_PATTERN = re.compile(r"^!?[^\s!]+$")
+# Checked on every login, so by str methods rather than regular expressions compiled at import
+# (tests/unit/test_config.py holds them to the patterns they replace).
+_CAPITALS_DIGITS = frozenset("0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ")
+_LETTERS_DIGITS = _CAPITALS_DIGITS | frozenset("abcdefghijklmnopqrstuvwxyz")
+_LABEL_CHARS = _LETTERS_DIGITS | {"-"}
+# Checked only where the configuration uses them: compiled on first use (re caches them).
+_PROXY = r"^http://(?:(?P<user>[^:@/\s]+):(?P<password>[^@/\s]*)@)?(?P<host>[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\]):(?P<port>[0-9]{1,5})/?$"
+_GROUP_PATTERN = r"^!?[^\s!]+$"
+
+
+def _is_duo_id(text: str, prefix: str) -> bool:
+    """``prefix`` ('DI', 'DU') followed by 18 capital ASCII letters or digits."""
+    return len(text) == 20 and text.startswith(prefix) and _CAPITALS_DIGITS.issuperset(text[2:])
+
+
+def _is_skey(text: str) -> bool:
+    """40 ASCII letters or digits."""
+    return len(text) == 40 and _LETTERS_DIGITS.issuperset(text)
+
+
+def _is_hostname(name: str) -> bool:
+    """At most 253 characters of dot-separated labels: 1-63 ASCII letters, digits, '-', not at either end."""
+    return 0 < len(name) <= 253 and all(
+        0 < len(label) <= 63 and label[0] != "-" and label[-1] != "-" and _LABEL_CHARS.issuperset(label)
+        for label in name.split("."))
 
 
 class Proxy(Record, hidden=("password",)):
@@ -89,6 +107,8 @@ class UsersSettings(Record):
         """docs/behaviour.md §4: a positive pattern matches one of the groups and no negated pattern does."""
         if not self.groups:
             return True
+        import fnmatch  # here: only configurations with users.groups need it
+
         positive = [p for p in self.groups if not p.startswith("!")]
         negative = [p[1:] for p in self.groups if p.startswith("!")]
         if any(fnmatch.fnmatchcase(g, p) for g in group_names for p in negative):
@@ -211,7 +231,7 @@ def parse_map_file(text: str, path: str) -> tuple[tuple[tuple[str, DuoIdentity],
         seen.add(local)
         if target.startswith("user_id="):
             user_id = target[len("user_id="):]
-            if not _USER_ID.fullmatch(user_id):
+            if not _is_duo_id(user_id, "DU"):
                 problems.append(f"{path}: line {number}: user_id must be 'DU' followed by 18 letters or digits")
                 continue
             mapping.append((local, DuoIdentity(user_id=user_id)))
@@ -241,7 +261,7 @@ def _parse_skey(problems: _Problems, table: dict[str, Any], read: Callable[[str,
                 problems.add_file("duo.skey_file", exc)
         elif skey_file == "":
             problems.add("duo.skey_file", "must not be empty")
-    if skey is not None and not _SKEY.fullmatch(skey):
+    if skey is not None and not _is_skey(skey):
         problems.add("duo.skey_file" if skey_file else "duo.skey", "must be 40 letters or digits")
         skey = None
     return skey
@@ -255,7 +275,7 @@ def _parse_host(problems: _Problems, host_value: str | None) -> tuple[str | None
     name, sep, port_text = host_value.rpartition(":")
     if not sep:
         name, port_text = host_value, ""
-    if not _HOSTNAME.fullmatch(name):  # fullmatch: '$' alone would let a trailing newline through
+    if not _is_hostname(name):
         problems.add("duo.host", f"not a valid host name: {host_value!r}")
     elif port_text and (not (port_text.isascii() and port_text.isdigit()) or not 0 < int(port_text) < 65536):
         problems.add("duo.host", f"not a valid port: {port_text!r}")
@@ -269,7 +289,7 @@ def _parse_duo(problems: _Problems, raw: dict[str, Any], read: Callable[[str, bo
     ikey = table.get("ikey")
     if ikey is None:
         problems.add("duo.ikey", "required key is missing")
-    elif not _IKEY.fullmatch(ikey):
+    elif not _is_duo_id(ikey, "DI"):
         problems.add("duo.ikey", "must be 'DI' followed by 18 capital letters or digits")
     elif ikey == "DIXXXXXXXXXXXXXXXXXX":
         problems.add("duo.ikey", "is still the example value; set the integration key from the Duo Admin Panel")
@@ -288,7 +308,7 @@ def _parse_duo(problems: _Problems, raw: dict[str, Any], read: Callable[[str, bo
 
     proxy = None
     if table.get("proxy"):
-        match = _PROXY.fullmatch(table["proxy"])
+        match = re.fullmatch(_PROXY, table["proxy"])
         if not match or not 0 < int(match["port"]) < 65536:
             problems.add("duo.proxy", "must look like http://[user:password@]host:port")
         else:
@@ -339,7 +359,7 @@ def _parse_users(problems: _Problems, raw: dict[str, Any], read: Callable[[str, 
     groups = table.get("groups", [])
     clean: list[str] = []
     for index, pattern in enumerate(groups):
-        if not isinstance(pattern, str) or not _GROUP_PATTERN.fullmatch(pattern):
+        if not isinstance(pattern, str) or not re.fullmatch(_GROUP_PATTERN, pattern):
             problems.add(f"users.groups[{index}]", "must be a group name or pattern, optionally prefixed with '!'")
         else:
             clean.append(pattern)

@@ -92,8 +92,9 @@ MSG_ENROLL = "You must enroll in Duo before you can log in."
 MSG_CODE = "Verification code: {}\nEnter this code in Duo Mobile to approve the login."
 STATUS_LINE_LIMIT = 300
 # A Verified Push code inside a waiting reply's status_msg (Duo repeats it there): digits in a
-# text that speaks of a code (a status line may also hold a masked phone number).
-_CODE_IN_TEXT = re.compile(r"\bcode\b\D{0,40}?(?<![0-9])([0-9]{3,8})(?![0-9])", re.IGNORECASE)
+# text that speaks of a code (a status line may also hold a masked phone number). Compiled on first
+# use (re caches it): only Verified Push needs it.
+_CODE_IN_TEXT = r"\bcode\b\D{0,40}?(?<![0-9])([0-9]{3,8})(?![0-9])"
 # Under sshd nothing reaches the user between the answer and the end of the wait (docs/platform.md),
 # so the menu says beforehand what will happen.
 MSG_SSHD_NOTICE = "(After Duo Push or Phone call, approve the request on your phone: nothing more is shown here until you do.)"
@@ -386,7 +387,7 @@ class Engine:
         """A ``waiting`` reply: the Verified Push code if it comes first here, each new status_msg once."""
         text = for_display(reply.status_msg, limit=STATUS_LINE_LIMIT).strip()
         if self.settings.verified_push and shown.factor == "push" and text:
-            match = _CODE_IN_TEXT.search(text)
+            match = re.search(_CODE_IN_TEXT, text, re.IGNORECASE)
             if match and shown.code is None:
                 shown.code = match.group(1)
                 shown.texts.add(text)

@@ -578,3 +578,51 @@ def test_default_read_uses_the_file_rule(tmp_path, monkeypatch):
 def test_the_example_ikey_is_refused():
     problems = problems_of(MINIMAL.replace(IKEY, "DIXXXXXXXXXXXXXXXXXX"))
     assert any(p.startswith(f"{PATH}: duo.ikey: ") for p in problems), problems
+
+
+# -- the str-method checks hold to the regular expressions they replace -------------------------
+
+import re  # noqa: E402
+
+from hypothesis import example, given  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_IKEY_RE = re.compile(r"^DI[0-9A-Z]{18}$")
+_USER_ID_RE = re.compile(r"^DU[0-9A-Z]{18}$")
+_SKEY_RE = re.compile(r"^[0-9A-Za-z]{40}$")
+_HOSTNAME_RE = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+                          r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
+# Mostly the characters that matter (and their near misses), so that matches are common.
+_NEAR = st.sampled_from("DIUaz09AZ-.\n _é٣Ａｚ")
+_KEYISH = st.one_of(st.text(_NEAR, max_size=45), st.text(max_size=45),
+                    st.from_regex(_IKEY_RE, fullmatch=True), st.from_regex(_SKEY_RE, fullmatch=True),
+                    st.from_regex(_USER_ID_RE, fullmatch=True),
+                    st.from_regex(r"D[IU][0-9A-Za-z]{16,20}|[0-9A-Za-z]{38,42}", fullmatch=True))
+_LABEL = st.one_of(st.from_regex(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,64}[A-Za-z0-9])?", fullmatch=True),
+                   st.text(_NEAR, max_size=4))
+_HOSTISH = st.one_of(st.lists(_LABEL, min_size=1, max_size=8).map(".".join), st.text(_NEAR, max_size=70),
+                     st.text(max_size=20))
+
+
+@given(_KEYISH)
+@example("DI" + "A" * 18 + "\n")
+@example("DI" + "٣" * 18)
+@example("DI" + "A" * 19)
+@example("a" * 41)
+def test_key_checks_match_the_patterns(text):
+    assert config_mod._is_duo_id(text, "DI") == bool(_IKEY_RE.fullmatch(text))
+    assert config_mod._is_duo_id(text, "DU") == bool(_USER_ID_RE.fullmatch(text))
+    assert config_mod._is_skey(text) == bool(_SKEY_RE.fullmatch(text))
+
+
+@given(_HOSTISH)
+@example("a" * 63 + "." + "b" * 63 + "." + "c" * 63 + "." + "d" * 61)  # 253
+@example("a" * 63 + "." + "b" * 63 + "." + "c" * 63 + "." + "d" * 62)  # 254
+@example("a" * 64)
+@example("example.com.")
+@example("-a.com")
+@example("a-.com")
+@example("a..com")
+@example("localhost\n")
+def test_hostname_check_matches_the_pattern(name):
+    assert config_mod._is_hostname(name) == bool(_HOSTNAME_RE.fullmatch(name))
