@@ -36,6 +36,7 @@ LOCK_FILE = Path("/run/lock/pam_duo_py-host-tests.lock")
 LOCK_TIMEOUT = 600.0
 EXAMPLES = REPO / "etc" / "pam.d"
 PAM_LINE = f"pam_python.so {ENTRY}"
+READ_SYSCALL = {"x86_64": "0", "aarch64": "63"}.get(os.uname().machine, "0")  # as /proc/PID/syscall shows it
 
 # short name -> Duo user the simulator plays (see pam_duo_sim/simulator.py)
 HOST_USERS = ("alice", "bob", "allow", "deny", "enroll", "pushdeny", "vpush", "vpushmobile", "pushtimeout",
@@ -312,6 +313,39 @@ class Pty:
 
     def send(self, text: str) -> None:
         os.write(self.fd, text.encode())
+
+    def interrupt(self, key: str = "\x03", timeout: float = 20) -> None:
+        """Type a signal key (Ctrl-C) once a program on the terminal is asleep reading it.
+
+        Programs print their prompt before they read. A signal in between is handled
+        at once (sudo only notes it) and the read that follows then waits for input
+        that never comes, so the key waits for the read, as a person's reaction would.
+        """
+        terminal = os.readlink(f"/proc/{self.pid}/fd/0")
+        deadline = time.monotonic() + timeout
+        while not self._someone_reads(terminal):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"nothing read the terminal of {self.argv}; it showed:\n{self.text}")
+            time.sleep(0.01)  # polls the condition above; there is no event to wait on
+        self.send(key)
+
+    def _someone_reads(self, terminal: str) -> bool:
+        """True when a process of this terminal's session is blocked in read() on it."""
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    session = int(f.read().rsplit(")", 1)[1].split()[3])
+                if session != self.pid:
+                    continue
+                with open(f"/proc/{entry}/syscall") as f:
+                    call = f.read().split()  # "running", or the blocking call's number and arguments
+                if call[0] == READ_SYSCALL and os.readlink(f"/proc/{entry}/fd/{int(call[1], 16)}") == terminal:
+                    return True  # read(2) on the terminal, asleep
+            except (OSError, IndexError, ValueError):
+                continue  # gone meanwhile, or not blocked in a system call
+        return False
 
     def line(self, text: str) -> None:
         self.send(text + "\r")

@@ -325,7 +325,7 @@ def test_interrupted_duo_prompt_is_no_sudo(sudo, host, key, name):
     mark = host.mark()
     with sudo_on_a_tty(host, "alice", "-S", "id", "-un") as term:
         term.expect(menu(user))
-        term.send(key)
+        term.interrupt(key)
         status = term.finish()
         rest = term.rest()
     assert status == 1 and "root" not in rest, (name, status, rest)
