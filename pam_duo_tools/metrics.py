@@ -426,6 +426,8 @@ def render(counts: dict[str, Any], broker: dict[str, Any] | None, problems: int)
         out.family("broker_shed_total", "counter",
                    "Connections the broker closed unserved (a connection cap, no descriptor or no thread).",
                    [({}, gauge("shed"))])
+        out.family("broker_configs", "gauge", "Config files the broker serves (its own and those PAM lines named).",
+                   [({}, gauge("configs"))])
         out.family("broker_pool_idle_clients", "gauge", "Warm Duo connections the broker keeps for the next logins.",
                    [({}, gauge("pool_idle_clients"))])
         out.family("broker_config_reloads_total", "counter", "Config reloads (SIGHUP) that took effect.",

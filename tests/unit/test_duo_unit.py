@@ -366,7 +366,8 @@ def test_requests_are_the_ones_duo_client_builds_and_signs(monkeypatch, method, 
     assert request["headers"]["Authorization"].startswith("Basic ")
 
 
-UNUSED_BY_THE_LOGIN = ("http", "http.client", "email", "email.utils", "argparse", "urllib.request", "random", "threading")
+UNUSED_BY_THE_LOGIN = ("http", "http.client", "email", "email.utils", "argparse", "urllib.request", "random", "threading",
+                       "ipaddress")
 
 
 def in_a_fresh_interpreter(code: str) -> str:
@@ -390,11 +391,19 @@ def test_signing_does_not_import_what_only_duo_clients_unused_paths_need():
         # duo-client's own code paths still work when something calls them: the real modules come then
         "print(client.email.utils.formatdate(0), client.http.client.HTTPConnection.default_port,\n"
         "      client.argparse.ArgumentParser.__name__, 0 <= client.random.uniform(0, 1) <= 1)\n"
-        "print(type(sys.modules['http.client']) is type(sys) and sys.modules['email.utils'].formatdate is not None)\n")
-    imported, used, real = out.splitlines()
+        "print(type(sys.modules['http.client']) is type(sys) and sys.modules['email.utils'].formatdate is not None)\n"
+        # urllib.parse, imported with duo-client, still checks an IPv6 host with the real ipaddress
+        "import urllib.parse\n"
+        "print(urllib.parse.urlsplit('https://[::1]:8443/x').hostname, type(sys.modules['ipaddress']) is type(sys))\n"
+        "try:\n"
+        "    urllib.parse.urlsplit('https://[::zz]/')\n"
+        "except ValueError:\n"
+        "    print('refused')\n")
+    imported, used, real, ipv6, bad = out.splitlines()
     assert imported == "[]"
     assert used == "Thu, 01 Jan 1970 00:00:00 -0000 80 ArgumentParser True"
     assert real == "True"  # the real modules, imported on first use
+    assert (ipv6, bad) == ("::1 True", "refused")
 
 
 def test_the_engine_imports_neither_the_duo_client_nor_ssl():

@@ -221,7 +221,7 @@ def test_broker_stats_fresh_stale_and_gone(setup):
 
     def write(age):
         stats.write_text(json.dumps({"v": 1, "pid": os.getpid(), "time": NOW - age, "started": NOW - 100,
-                                     "inflight_logins": 2, "connections": 7, "busy": 4, "shed": 5, "pool_idle_clients": 1,
+                                     "inflight_logins": 2, "connections": 7, "busy": 4, "shed": 5, "configs": 2, "pool_idle_clients": 1,
                                      "reloads": 3, "reload_failures": 1, "interval": 5.0}))
         os.chmod(stats, 0o600)
 
@@ -231,6 +231,7 @@ def test_broker_stats_fresh_stale_and_gone(setup):
     assert v["pam_duo_py_broker_connections_total"] == 7 and v["pam_duo_py_broker_pool_idle_clients"] == 1
     assert v["pam_duo_py_broker_config_reloads_total"] == 3
     assert v["pam_duo_py_broker_busy_total"] == 4 and v["pam_duo_py_broker_shed_total"] == 5
+    assert v["pam_duo_py_broker_configs"] == 2
     assert v["pam_duo_py_broker_config_reload_failures_total"] == 1
     write(60)  # a hung broker stops refreshing it
     v = values(metrics.collect(str(config), str(state), now=NOW)[0])
