@@ -15,6 +15,7 @@ import pwd
 import grp
 import queue
 import shutil
+import signal
 import socket
 import stat
 import subprocess
@@ -199,6 +200,20 @@ def toml_table(name: str, values: dict[str, object]) -> str:
 def _require_root() -> None:
     if os.geteuid() != 0:
         pytest.skip("system tests need root (run scripts/test as root)")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _keys_that_interrupt() -> None:
+    """Ctrl-C and Ctrl-\\ act on the programs the tests start, however the run was started.
+
+    A command put in the background by a script (``cmd &``, no job control) starts with
+    SIGINT and SIGQUIT ignored, and every program it starts inherits that: ssh would
+    then outlive its Ctrl-C and answer the Duo prompt with Enter (a push).
+    """
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # a handler: exec() resets it for children
+    if signal.getsignal(signal.SIGQUIT) == signal.SIG_IGN:
+        signal.signal(signal.SIGQUIT, signal.SIG_DFL)
 
 
 @pytest.fixture(scope="session")

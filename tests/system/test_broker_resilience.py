@@ -97,6 +97,21 @@ def test_a_broker_lost_after_accepting_is_a_refusal(setup_factory, simulator, pa
 
 
 # ------------------------------------------------------------------ one user's parked logins
+def _wait_for_the_menu(sock, number: int) -> None:
+    """Until the login is parked at the Duo menu, so that it still holds its place under the cap.
+
+    The cap bounds the logins running at once: the "accepted" answers count against it
+    only while every accepted login is still running.
+    """
+    while True:
+        message = read_reply(sock, skip_accepted=False)
+        assert message is not None and message["type"] in ("ask", "show", "alert"), \
+            f"accepted login {number} ended before the menu: {message}"
+        if message["type"] == "ask":
+            return
+        sock.sendall(frame({"type": "ack"}))
+
+
 def test_parked_logins_for_one_user_do_not_touch_another_users_login(setup_factory, simulator, pam_service,
                                                                       run_pam, fc_root):
     setup = setup_factory("parked")
@@ -109,6 +124,9 @@ def test_parked_logins_for_one_user_do_not_touch_another_users_login(setup_facto
                                 "config": str(setup.config)}))
             parked.append(sock)
             first.append(read_reply(sock, skip_accepted=False)["type"])
+        for number, (sock, kind) in enumerate(zip(parked, first)):
+            if kind == "accepted":
+                _wait_for_the_menu(sock, number)
         # Another user's login through real PAM and the broker: not refused, not delayed.
         audit = audit_mark(setup.audit)
         result = run_pam(SERVICE, "pdt-allow")

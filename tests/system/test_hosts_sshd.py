@@ -139,8 +139,16 @@ class Client:
             prompts.append(record[len(prefix):])
         if proc.returncode == 0:  # the connection ends after the command: let sshd log it
             self.sshd.wait_for(f"Disconnected from user {user}", 10, since=mark)
+        else:  # refused: sshd's monitor may write the refusal to its log after ssh has exited
+            self.sshd.wait_for(lambda line: _closed_before_login(line, user), 10, since=mark)
         return SshRun(proc.returncode, proc.stdout.decode("utf-8", "replace"),
                       proc.stderr.decode("utf-8", "replace"), prompts, self.sshd.log_since(mark))
+
+
+def _closed_before_login(line: str, user: str) -> bool:
+    """sshd's last line for a connection that ended before the login (after its "Failed ..." line)."""
+    return any(f"{event} authenticating user {user} " in line for event in ("Connection closed by", "Disconnected from")) \
+        and "[preauth]" in line
 
 
 @pytest.fixture(scope="module")
