@@ -5,6 +5,7 @@ The whole wrapper against a real sshd and broker is tests/system/test_forcecomma
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 
@@ -52,7 +53,15 @@ def test_no_broker_socket_refuses_the_login(tmp_path, capsys, monkeypatch):
 
 
 def test_a_command_that_cannot_run(capsys):
-    assert wrapper._run("/nonexistent/pdt-shell", "true") == 1
+    # _run() gives SIGPIPE and SIGXFSZ their default action for the command it execs; when the
+    # exec fails, this test process would keep that, and a later test's write to a closed
+    # socket would end the whole run (exit status 141).
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGPIPE, signal.SIGXFSZ)}
+    try:
+        assert wrapper._run("/nonexistent/pdt-shell", "true") == 1
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
     assert capsys.readouterr().err == "pam-duo-login: cannot run /nonexistent/pdt-shell: No such file or directory\n"
 
 
