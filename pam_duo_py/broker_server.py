@@ -84,26 +84,60 @@ class BrokerPrompter:
         self._notify("alert", text)
 
 
-class _Pooled:
-    """A DuoClient borrowed from the pool; ``close`` gives it back with its connection still open."""
+# The Duo calls a login makes (:class:`pam_duo_py.duo.DuoClient`); each borrows a pooled client for itself alone.
+_LOGIN_CALLS = frozenset({"preauth", "start_push", "start_phone", "check_passcode", "send_sms", "auth_status"})
 
-    def __init__(self, pool: "ClientPool", client: Any) -> None:
-        self._pool, self._client = pool, client
+
+class _Lent:
+    """One login's Duo client, as the pool lends it: a warm client is borrowed for each call, not for the login.
+
+    Between its calls a login holds no connection (it is waiting for its user, or for
+    CPU), so concurrent logins share the warm connections: a burst of logins opens as
+    many connections as it has calls in flight at once, not one per login. What the
+    calls measured (endpoints, times, Duo's clock offset) is kept here for the login's
+    event. ``close`` gives nothing back: nothing is held.
+    """
+
+    def __init__(self, pool: "ClientPool", settings: Any) -> None:
+        self._pool, self.settings = pool, settings
+        self.calls: list[tuple[str, float, str | None]] = []
+        self.server_time_offset: float | None = None
 
     def __getattr__(self, name: str) -> Any:
-        return getattr(self._client, name)
+        if name not in _LOGIN_CALLS:
+            raise AttributeError(name)
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            client = self._pool.borrow(self.settings)
+            try:
+                return getattr(client, name)(*args, **kwargs)
+            finally:
+                take = getattr(client, "take_calls", None)
+                if take is not None:
+                    self.calls += take()
+                offset = getattr(client, "server_time_offset", None)
+                if offset is not None:
+                    self.server_time_offset = offset
+                self._pool.give_back(client)
+
+        return call
+
+    def take_calls(self) -> list[tuple[str, float, str | None]]:
+        calls, self.calls = self.calls, []
+        return calls
 
     def close(self) -> None:
-        self._pool.give_back(self._client)
+        pass
 
 
 class ClientPool:
-    """Duo clients kept between logins, the next one's connection kept warm (see :mod:`pam_duo_py.keepwarm`).
+    """Duo clients kept warm between calls (see :mod:`pam_duo_py.keepwarm`); one pool per served config.
 
-    Bounded: a login holds one client (one connection) while it runs, so clients in use are
-    at most the logins the broker admitted (``max_connections``, ``MAX_PER_USER`` for one user);
-    at most ``MAX_IDLE_CLIENTS`` wait idle, and the keeper closes idle ones beyond the next
-    login's after a minute of quiet or when the server closes them. One pool per served config.
+    A login borrows a client for each Duo call, not for the whole login (:class:`_Lent`).
+    Bounded: each admitted login has at most one call in flight, so clients in use are at
+    most the logins the broker admitted (``max_connections``, ``MAX_PER_USER`` for one
+    user); at most ``MAX_IDLE_CLIENTS`` wait idle, and the keeper closes idle ones beyond
+    the next call's after a minute of quiet or when the server closes them.
 
     ``background=False`` leaves the keeper's passes to the caller (unit tests, with a fake clock).
     """
@@ -121,18 +155,22 @@ class ClientPool:
         self.keeper = Keeper(self._lock, self._idle, clock)
         self._background = background
 
-    def get(self, settings: Any) -> _Pooled:
+    def get(self, settings: Any) -> _Lent:
+        """A login's Duo client (the broker's ``duo_factory``)."""
+        return _Lent(self, settings)
+
+    def borrow(self, settings: Any) -> Any:
+        """A client for one call: the warmest idle one (the last given back), else a new one."""
         with self._lock:
             client = self._idle.pop() if self._idle and settings == self.settings else None
             self.keeper.taken(client)
-        if client is None:
-            if self._factory is not None:
-                client = self._factory(settings)
-            else:
-                from .duo import DuoClient
+        if client is not None:
+            return client
+        if self._factory is not None:
+            return self._factory(settings)
+        from .duo import DuoClient
 
-                client = DuoClient(settings)
-        return _Pooled(self, client)
+        return DuoClient(settings)
 
     def give_back(self, client: Any) -> None:
         with self._lock:

@@ -63,10 +63,10 @@ def pool(clock: FakeClock) -> ClientPool:
 
 
 def login(pool: ClientPool) -> Conn:
-    pooled = pool.get(SETTINGS)
-    client = pooled._client
+    """One Duo call, as a login makes it: a client borrowed for the call and given back."""
+    client = pool.borrow(SETTINGS)
     client.login()
-    pooled.close()
+    pool.give_back(client)
     return client
 
 
@@ -134,28 +134,84 @@ def test_no_login_for_a_day_means_no_pings_no_reconnects_and_no_open_connection(
     assert login(pool).log == ["connect", "request"]  # a new client: the old one was let go
 
 
-def test_a_client_out_for_a_login_is_never_touched(pool, clock) -> None:
+def test_a_client_out_for_a_call_is_never_touched(pool, clock) -> None:
     login(pool)
-    pooled = pool.get(SETTINGS)
-    client = pooled._client
+    client = pool.borrow(SETTINGS)
     client.server_closed = True
     clock.advance(120)
     pool.keeper.maintain()
     assert client.log == ["connect", "request"]
-    pooled.close()
+    pool.give_back(client)
 
 
-def test_only_the_next_login_s_client_is_kept_warm(pool, clock) -> None:
-    first, second = pool.get(SETTINGS), pool.get(SETTINGS)  # two concurrent logins
-    first._client.login()
-    second._client.login()
-    first.close()
-    second.close()
+def test_only_the_next_call_s_client_is_kept_warm(pool, clock) -> None:
+    first, second = pool.borrow(SETTINGS), pool.borrow(SETTINGS)  # two concurrent calls
+    first.login()
+    second.login()
+    pool.give_back(first)
+    pool.give_back(second)
     clock.advance(61)
     pool.keeper.maintain()
-    assert pool._idle == [second._client]
-    assert first._client.log[-1] == "close"
-    assert second._client.log[-1] == "ping"
+    assert pool._idle == [second]
+    assert first.log[-1] == "close"
+    assert second.log[-1] == "ping"
+
+
+class Calls(Conn):
+    """A pooled client with a login's Duo calls; ``server_time_offset`` as the last reply set it."""
+
+    def __init__(self, settings: DuoSettings) -> None:
+        super().__init__(settings)
+        self.calls: list = []
+        self.server_time_offset = None
+
+    def preauth(self, user: str) -> str:
+        self.login()
+        self.calls.append(("preauth", 0.1, None))
+        self.server_time_offset = 2.0
+        return "auth"
+
+    def auth_status(self, txid: str, timeout: float) -> str:
+        self.login()
+        self.calls.append(("auth_status", 0.2, "timeout"))
+        return "allow"
+
+    def take_calls(self) -> list:
+        calls, self.calls = self.calls, []
+        return calls
+
+
+def test_a_login_holds_a_client_only_during_each_call(clock) -> None:
+    pool = ClientPool(SETTINGS, factory=Calls, clock=clock, background=False)
+    first, second = pool.get(SETTINGS), pool.get(SETTINGS)  # two concurrent logins
+    assert first.preauth("alice") == "auth"
+    assert pool._idle and len(pool._idle) == 1  # given back at once: the login is now waiting for its user
+    assert second.preauth("bob") == "auth"
+    assert second.auth_status("T", 60) == first.auth_status("T", 60) == "allow"
+    assert len(pool._idle) == 1  # one warm connection served both logins' four calls
+    only = pool._idle[0]
+    assert only.log == ["connect"] + ["request"] * 4
+    assert first.take_calls() == [("preauth", 0.1, None), ("auth_status", 0.2, "timeout")]
+    assert first.server_time_offset == 2.0 and first.take_calls() == []
+    first.close()
+    assert pool._idle == [only] and only.connected()  # closing a login's view gives nothing back
+
+
+def test_a_call_that_fails_still_gives_its_client_back(clock) -> None:
+    class Failing(Calls):
+        def preauth(self, user: str) -> str:
+            self.login()
+            raise OSError("reset")
+
+    pool = ClientPool(SETTINGS, factory=Failing, clock=clock, background=False)
+    with pytest.raises(OSError):
+        pool.get(SETTINGS).preauth("alice")
+    assert len(pool._idle) == 1
+
+
+def test_a_login_s_view_offers_only_the_login_calls(pool) -> None:
+    with pytest.raises(AttributeError):
+        pool.get(SETTINGS).ping  # the keeper's, not a login's
 
 
 def test_bounded_over_a_busy_day(pool, clock) -> None:

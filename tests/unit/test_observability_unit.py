@@ -100,8 +100,7 @@ def test_health_snapshot_reads_the_real_broker(tmp_path, monkeypatch):
     served = type("Served", (), {"pool": pool})()
     broker.configs = type("Configs", (), {"all": lambda self: [served, served]})()
     assert broker._enter(("uid", 1000))
-    client = pool.get(SETTINGS)
-    client.close()
+    pool.give_back(pool.borrow(SETTINGS))
     snap = broker_health.Health(broker, environ={}).snapshot()
     assert snap["inflight_logins"] == 1 and snap["pool_idle_clients"] == 2  # the idle clients of every served config
     assert snap["shed"] == 2 and snap["busy"] == 0 and snap["configs"] == 2
