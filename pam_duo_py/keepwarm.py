@@ -1,10 +1,12 @@
-"""Keep the broker's Duo connection warm between logins (the broker's :class:`ClientPool` uses it).
+"""Keep the broker's Duo connection warm between calls (the broker's :class:`ClientPool` uses it).
 
 A login through the broker costs one round trip per Duo request only while a
 connection is open. Duo, or a NAT or proxy on the way, closes idle
-connections, so the first login after a pause would pay TCP and TLS again.
-The keeper, a thread of the pool, does two things with the idle client that
-the next login gets (the top of the pool), and only with it:
+connections, so the first login after a pause would pay TCP and TLS again, and
+so would a login's next call after its user took long to answer (a login
+borrows a client for each call, not for the login). The keeper, a thread of the
+pool, does two things with the idle client that the next call gets (the top of
+the pool), and only with it:
 
 * **reconnect in the background** as soon as the server closes that
   connection: the next login finds a new one open. This is what keeps a login
@@ -18,12 +20,12 @@ the next login gets (the top of the pool), and only with it:
 
 Bounds: at most one ping per ``PING_INTERVAL`` (a minute); at most one
 background reconnect per ``RECONNECT_INTERVAL`` (a minute) apart from the
-first one after each login; each ping or connect bounded by ``CALL_TIMEOUT``.
+first one after each call; each ping or connect bounded by ``CALL_TIMEOUT``.
 Nothing at all once the broker has had no login for ``QUIET_LIMIT`` (a day):
 its idle clients are then closed, and the next login connects afresh. Other
 idle clients (left by concurrent logins) are closed when their server closes
 them or after ``PING_INTERVAL`` of quiet. A client is only touched while it is
-out of the pool, so a login never shares one with the keeper, and a request is
+out of the pool, so a call never shares one with the keeper, and a request is
 never sent twice: the keeper sends nothing but pings.
 """
 from __future__ import annotations
@@ -68,7 +70,7 @@ class Keeper:
 
     def returned(self, client: Any) -> None:
         self._used[id(client)] = self._clock()
-        self._free_reconnect = True  # one reconnect right after each login
+        self._free_reconnect = True  # one reconnect right after each call
 
     def forget(self, client: Any) -> None:
         self._used.pop(id(client), None)

@@ -112,3 +112,33 @@ def test_a_failed_ping_leaves_the_client_closed(sim: Simulator) -> None:
         assert client.fileno() is None and not client.connected()
     finally:
         client.close()
+
+
+def test_a_login_waiting_for_its_user_finds_its_next_call_warm(sim: Simulator) -> None:
+    """The user takes longer to choose a factor than the server keeps an idle connection open.
+
+    The login holds no connection while it waits, so the pool's keeper reopens the one
+    the server closed, and the login's next call (the push) is a request on it: no TCP
+    connection and no TLS handshake of its own.
+    """
+    settings = settings_for(sim)
+    pool = ClientPool(settings)
+    try:
+        login = pool.get(settings)
+        assert preauth(login, "push-1") == "auth"
+        ended = time.monotonic()
+        # The user reads the menu; meanwhile the server closes the idle connection and the keeper reopens it.
+        wait_for(lambda: handshakes(sim) == 2 and warm_client_idle(pool),
+                 "the pool did not reconnect while the login waited for its user")
+        assert time.monotonic() - ended >= IDLE_TIMEOUT
+        mark = len(events(sim))
+        started = login.start_push(DuoIdentity(username="push-1"), "auto", ipaddr=None, hostname=None)
+        assert started.txid
+        after = events(sim, mark)
+        assert [e["event"] for e in after] == ["request"], after
+        assert after[0]["path"] == "/auth/v2/auth"
+        assert after[0]["conn"] == [e["conn"] for e in events(sim) if e["event"] == "tls"][-1]
+        assert [endpoint for endpoint, _, _ in login.take_calls()] == ["preauth", "auth"]
+        login.close()
+    finally:
+        pool.close()
