@@ -25,6 +25,7 @@ until close): ``http.client`` would cost every in-process login the import of th
 """
 from __future__ import annotations
 
+import os
 import socket
 import ssl
 import time
@@ -377,7 +378,33 @@ def _peer_closed(sock: socket.socket | None) -> bool:
             pass
 
 
+MAX_CONTEXTS = 16
+_contexts: dict[tuple, ssl.SSLContext] = {}
+
+
 def _ssl_context(ca_file: str) -> ssl.SSLContext:
+    """The TLS context pinned to ``ca_file``, shared while the file stays the same.
+
+    Loading a CA bundle costs milliseconds (duo-client's own: about 5 ms); the broker
+    makes a new client for every connection a burst of logins needs, so its clients
+    share one context per file. The key is the file's identity: a replaced or edited
+    bundle is loaded afresh on the next connection.
+    """
+    try:
+        st = os.stat(ca_file)
+    except OSError:
+        return _new_ssl_context(ca_file)  # raises the loader's own error
+    key = (ca_file, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    context = _contexts.get(key)
+    if context is None:
+        context = _new_ssl_context(ca_file)
+        if len(_contexts) >= MAX_CONTEXTS:
+            _contexts.clear()
+        _contexts[key] = context
+    return context
+
+
+def _new_ssl_context(ca_file: str) -> ssl.SSLContext:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.load_verify_locations(cafile=ca_file)

@@ -209,3 +209,21 @@ def test_a_header_with_a_line_break_is_never_sent():
     with pytest.raises(ValueError):
         https("GET", HOST, "/p", {"X-Duo-Bad": "a\r\nInjected: 1"}, None, clock() + 10)
     assert sock.sent == []
+
+
+def test_connections_share_one_tls_context_while_the_ca_file_stays_the_same(tmp_path):
+    import importlib.util
+    import pathlib
+
+    bundle = pathlib.Path(importlib.util.find_spec("duo_client").submodule_search_locations[0]) / "ca_certs.pem"
+    ca = tmp_path / "ca.pem"
+    ca.write_bytes(bundle.read_bytes())
+    first = transport_mod._ssl_context(str(ca))
+    assert transport_mod._ssl_context(str(ca)) is first
+    assert first.verify_mode.name == "CERT_REQUIRED" and first.check_hostname
+    ca.write_bytes(bundle.read_bytes() + b"\n")  # the bundle is replaced: loaded afresh
+    second = transport_mod._ssl_context(str(ca))
+    assert second is not first and transport_mod._ssl_context(str(ca)) is second
+    ca.unlink()
+    with pytest.raises(OSError):
+        transport_mod._ssl_context(str(ca))
