@@ -383,6 +383,20 @@ def in_a_fresh_interpreter(code: str) -> str:
     return out.stdout.strip()
 
 
+def test_pytz_where_installed_is_not_imported_to_sign(tmp_path):
+    """duo-client imports pytz when it is there (Debian's python3-tz), for time zones this product never signs with."""
+    fake = tmp_path / "pytz"
+    fake.mkdir()
+    (fake / "__init__.py").write_text("def timezone(name):\n    return 'zone ' + name\n")
+    out = in_a_fresh_interpreter(
+        f"sys.path.insert(0, {str(tmp_path)!r})\n"
+        "from pam_duo_py import duo\n"
+        "client = duo.duo_client_module()\n"
+        "print('pytz' in sys.modules)\n"
+        "print(client.pytz.timezone('Europe/Berlin'), 'pytz' in sys.modules)\n")
+    assert out.splitlines() == ["False", "zone Europe/Berlin True"]
+
+
 def test_signing_does_not_import_what_only_duo_clients_unused_paths_need():
     out = in_a_fresh_interpreter(
         "from pam_duo_py import duo\n"
