@@ -71,7 +71,7 @@ from __future__ import annotations
 
 import _json
 import _socket
-import struct
+import sys
 import time
 
 TYPE_CHECKING = False
@@ -100,8 +100,8 @@ MESSAGES = {
     Result.OTHER_CONFIG: "the broker serves another config",  # it does not serve the one named
     Result.BAD_CONFIG: "configuration error (see the system log)",
 }
-_HEADER = struct.Struct(">I")
-_PEERCRED = struct.Struct("3i")
+_HEADER_SIZE = 4  # the frame length, big-endian (int.to_bytes: no struct module on the login path)
+_PEERCRED_SIZE = 12  # struct ucred: pid, uid, gid, each 32 bits in the host's byte order
 
 
 class _Decoding:
@@ -156,7 +156,7 @@ def send_frame(sock: Any, message: dict[str, Any]) -> None:
     if len(data) > MAX_FRAME:
         raise ProtocolError("frame too large")
     try:
-        sock.sendall(_HEADER.pack(len(data)) + data)
+        sock.sendall(len(data).to_bytes(_HEADER_SIZE, "big") + data)
     except OSError as exc:
         raise ProtocolError(f"peer went away: {exc.strerror or exc}") from None
 
@@ -183,7 +183,7 @@ def _recv_exact(sock: Any, size: int, deadline: float | None = None) -> bytes:
 
 def recv_frame(sock: Any, deadline: float | None = None) -> dict[str, Any]:
     """One frame. ``deadline`` (``time.monotonic()``) bounds the whole frame, not each read."""
-    (size,) = _HEADER.unpack(_recv_exact(sock, _HEADER.size, deadline))
+    size = int.from_bytes(_recv_exact(sock, _HEADER_SIZE, deadline), "big")
     if size > MAX_FRAME:
         raise ProtocolError("frame too large")
     try:
@@ -197,6 +197,5 @@ def recv_frame(sock: Any, deadline: float | None = None) -> dict[str, Any]:
 
 def peer_uid(sock: Any) -> int:
     """The uid of the process at the other end of a Unix socket, from the kernel."""
-    creds = sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_PEERCRED, _PEERCRED.size)
-    _pid, uid, _gid = _PEERCRED.unpack(creds)
-    return uid
+    creds = sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_PEERCRED, _PEERCRED_SIZE)
+    return int.from_bytes(creds[4:8], sys.byteorder)
