@@ -4,7 +4,6 @@ Only this, :mod:`~pam_duo_py.broker_protocol` and :mod:`~pam_duo_py.result` are
 imported on a PAM login through the broker: no server code, no config parser,
 no Duo client. It uses ``_socket`` rather than ``socket`` for the same reason.
 """
-from __future__ import annotations
 
 import _socket
 import os
@@ -14,7 +13,6 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:  # annotations only: importing typing costs milliseconds per login
     from typing import Any
 
-    from .login import LoginRequest
 
 from .broker_protocol import ACK_TIMEOUT, NotAccepted, ProtocolError, peer_uid, recv_frame, send_frame
 from .errors import ConversationError
@@ -29,7 +27,7 @@ class BrokerSocket(_socket.socket):
 
     __slots__ = ()
 
-    def __enter__(self) -> BrokerSocket:
+    def __enter__(self) -> "BrokerSocket":
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -43,7 +41,7 @@ def check_socket_dir(path: str) -> None:
         raise ProtocolError(problem)
 
 
-def connect(path: str, timeout: float = ACK_TIMEOUT, *, pause: Any = time.sleep) -> BrokerSocket:
+def connect(path: str, timeout: float = ACK_TIMEOUT, *, pause: "Any" = time.sleep) -> BrokerSocket:
     """Connect to the broker, checking that the socket directory and the peer are root's.
 
     A full listen queue (a burst of connections, or one user's flood the broker is
@@ -76,7 +74,7 @@ def connect(path: str, timeout: float = ACK_TIMEOUT, *, pause: Any = time.sleep)
     return sock
 
 
-def converse(sock: Any, request: dict[str, Any], ui: Any, *, ack_timeout: float = ACK_TIMEOUT,
+def converse(sock: "Any", request: "dict[str, Any]", ui: "Any", *, ack_timeout: float = ACK_TIMEOUT,
              frame_timeout: float = 700.0) -> tuple[Result, str]:
     """Send a login request and relay the broker's prompts to ``ui`` (a Prompter). Returns (result, message).
 
@@ -132,25 +130,24 @@ class BrokerBackend:
     (a push may already be on its way).
     """
 
-    def __init__(self, socket_path: str, config_path: str, *, connector: Any = connect) -> None:
+    def __init__(self, socket_path: str, config_path: str, *, connector: "Any" = connect) -> None:
         self.socket_path = socket_path
         self.config_path = config_path
         self._connect = connector
 
-    def frame(self, request: LoginRequest) -> dict[str, Any]:
-        """The login request as the broker reads it (the PAM module is root: it names everything)."""
-        return {"user": request.user, "service": request.service, "rhost": request.rhost, "tty": request.tty,
-                "command": request.host.command if request.host else None, "password": request.password,
-                "config": os.path.abspath(self.config_path), "caller_uid": request.caller_uid}
+    def frame(self, login: dict) -> dict:
+        """The login request as the broker reads it: the PAM module's description of the login
+        (:func:`pam_duo_py.pam.pam_login`; as root it names everything) and the config file."""
+        return dict(login, config=os.path.abspath(self.config_path))
 
-    def authenticate(self, request: LoginRequest, ui: Any) -> Result:
+    def authenticate(self, login: dict, ui: "Any") -> Result:
         try:
             sock = self._connect(self.socket_path)
         except ProtocolError:
             return Result.NOT_ACCEPTED
         try:
             with sock:
-                result, _message = converse(sock, self.frame(request), ui)
+                result, _message = converse(sock, self.frame(login), ui)
         except NotAccepted:
             return Result.NOT_ACCEPTED
         except (ProtocolError, OSError):

@@ -67,7 +67,6 @@ Before each login the broker (:mod:`pam_duo_py.broker_server`) compares the iden
 every file the config names with what it loaded (see :mod:`pam_duo_py.watch`)
 and reloads on a change.
 """
-from __future__ import annotations
 
 import _json
 import _socket
@@ -125,11 +124,11 @@ _encode = _json.make_encoder(None, _unserialisable, _json.encode_basestring_asci
 _WHITESPACE = " \t\n\r"
 
 
-def dumps(value: Any) -> str:
+def dumps(value: "Any") -> str:
     return "".join(_encode(value, 0))
 
 
-def loads(text: str) -> Any:
+def loads(text: str) -> "Any":
     """``json.loads(text)``. A document it refuses is handed to ``json.loads`` itself for the error."""
     start = len(text) - len(text.lstrip(_WHITESPACE))
     try:
@@ -151,7 +150,7 @@ class NotAccepted(ProtocolError):
     """The broker did not accept the login (no answer in time, or it hung up): nothing went to Duo."""
 
 
-def send_frame(sock: Any, message: dict[str, Any]) -> None:
+def send_frame(sock: "Any", message: "dict[str, Any]") -> None:
     data = dumps(message).encode()
     if len(data) > MAX_FRAME:
         raise ProtocolError("frame too large")
@@ -161,7 +160,7 @@ def send_frame(sock: Any, message: dict[str, Any]) -> None:
         raise ProtocolError(f"peer went away: {exc.strerror or exc}") from None
 
 
-def _recv_exact(sock: Any, size: int, deadline: float | None = None) -> bytes:
+def _recv_exact(sock: "Any", size: int, deadline: float | None = None) -> bytes:
     chunks, left = [], size
     while left:
         try:
@@ -181,7 +180,7 @@ def _recv_exact(sock: Any, size: int, deadline: float | None = None) -> bytes:
     return b"".join(chunks)
 
 
-def recv_frame(sock: Any, deadline: float | None = None) -> dict[str, Any]:
+def recv_frame(sock: "Any", deadline: float | None = None) -> "dict[str, Any]":
     """One frame. ``deadline`` (``time.monotonic()``) bounds the whole frame, not each read."""
     size = int.from_bytes(_recv_exact(sock, _HEADER_SIZE, deadline), "big")
     if size > MAX_FRAME:
@@ -195,7 +194,7 @@ def recv_frame(sock: Any, deadline: float | None = None) -> dict[str, Any]:
     return message
 
 
-def peer_uid(sock: Any) -> int:
+def peer_uid(sock: "Any") -> int:
     """The uid of the process at the other end of a Unix socket, from the kernel."""
     creds = sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_PEERCRED, _PEERCRED_SIZE)
     return int.from_bytes(creds[4:8], sys.byteorder)

@@ -14,8 +14,7 @@ if TYPE_CHECKING:
     from typing import Any, Callable
 
 from .broker_protocol import WRAPPER_SERVICE
-from .hosts import profile
-from .login import LoginRequest
+from .login import LoginRequest, profile
 from .record import Record
 from .result import Result
 

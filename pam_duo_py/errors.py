@@ -11,7 +11,6 @@ failmode rule by class alone:
   after our wait, other 4xx), or a well-formed reply whose ``result`` we do not
   know (:class:`DuoUnknownAnswer`). Never fails open.
 """
-from __future__ import annotations
 
 
 class PamDuoError(Exception):

@@ -11,7 +11,6 @@ A world-writable directory is accepted only when its sticky bit is set and the
 entry below it is owned by a trusted user: then nobody else can rename or
 replace that entry (this is what makes ``/tmp/<root-owned dir>`` safe).
 """
-from __future__ import annotations
 
 import os
 import stat

@@ -1,14 +1,11 @@
 """What differs between the programs that run the PAM stack (sshd, sudo, su, login).
 
-The differences are decided here, once per login, as a :class:`HostProfile` that the
-front end (PAM module, broker) puts on the login request; nothing else looks at the
-service name to tell the host programs apart.
+The rules are here; :func:`pam_duo_py.login.profile` applies them once per login, as the
+:class:`~pam_duo_py.login.HostProfile` that the front end (PAM module, broker) puts on the
+login request. Nothing else looks at the service name to tell the host programs apart.
+Plain functions only: the PAM module asks them on every login through the broker.
 """
-from __future__ import annotations
-
 import os
-
-from .record import Record
 
 # su to root: the user who ran su does Duo, as themselves (duo_unix's rule), and
 # remembered logins are kept per calling uid.
@@ -22,18 +19,9 @@ _SUDO_LONG_WITH_VALUE = {
 }
 
 
-class HostProfile(Record):
-    """What the host program changes about one login."""
-
-    holds_info_messages: bool = False  # sshd: PAM info messages wait for the next prompt
-    caller_does_duo: bool = False  # su: to root the caller does Duo; remembered logins are per calling uid
-    command: str | None = None  # the command being authorised, for pushinfo (sudo's; pam-duo-login's)
-
-
-def profile(service: str, command: str | None = None) -> HostProfile:
-    """The profile of the host program behind ``service``; ``command`` as the front end found it."""
-    return HostProfile(holds_info_messages=holds_info_messages(service), caller_does_duo=service in SU_SERVICES,
-                       command=command)
+def caller_does_duo(service: str) -> bool:
+    """su: to root the user who ran su does Duo, and remembered logins are kept per calling uid."""
+    return service in SU_SERVICES
 
 
 def holds_info_messages(service: str) -> bool:

@@ -1,26 +1,40 @@
 """One login, front to back: local user, groups, Duo identity, the engine, the log.
 
 Shared by the PAM module and the broker; each supplies its own prompter and the
-request's :class:`~pam_duo_py.hosts.HostProfile`. :func:`resolve` (who the login is
-for) also serves ``pam-duo-py check --user`` and the admin commands.
-:class:`LoginRequest` is also what the PAM module hands to the broker, so this
-module imports the engine, the config and the Duo client only when a login is
-decided here (:class:`InProcess`, :func:`authenticate`).
+request's :class:`HostProfile`. :func:`resolve` (who the login is for) also serves
+``pam-duo-py check --user`` and the admin commands. This module imports the engine, the
+config and the Duo client only when a login is decided here (:class:`InProcess`,
+:func:`authenticate`); a login through the broker never imports it (the PAM module
+describes such a login as the broker's login frame, see :mod:`pam_duo_py.pam`).
 """
 from __future__ import annotations
 
-from .hosts import HostProfile, profile
+from . import hosts
 from .record import Record
 from .result import Result
 
 TYPE_CHECKING = False
-if TYPE_CHECKING:  # annotations only: a login through the broker never imports these
+if TYPE_CHECKING:  # annotations only
     from typing import Callable
 
     from .config import Config, DuoIdentity, DuoSettings, UsersSettings
     from .engine import Outcome, Prompter
     from .events import EventSink
     from .users import LocalUser
+
+
+class HostProfile(Record):
+    """What the host program changes about one login (the rules are in :mod:`pam_duo_py.hosts`)."""
+
+    holds_info_messages: bool = False  # sshd: PAM info messages wait for the next prompt
+    caller_does_duo: bool = False  # su: to root the caller does Duo; remembered logins are per calling uid
+    command: str | None = None  # the command being authorised, for pushinfo (sudo's; pam-duo-login's)
+
+
+def profile(service: str, command: str | None = None) -> HostProfile:
+    """The profile of the host program behind ``service``; ``command`` as the front end found it."""
+    return HostProfile(holds_info_messages=hosts.holds_info_messages(service),
+                       caller_does_duo=hosts.caller_does_duo(service), command=command)
 
 
 class LoginRequest(Record, hidden=("password", "env_passcode",)):
@@ -36,6 +50,14 @@ class LoginRequest(Record, hidden=("password", "env_passcode",)):
     trusted_address: bool = True  # False: rhost is only what an unprivileged client claims
     password: str | None = None
     env_passcode: str | None = None
+
+
+def pam_request(login: dict) -> LoginRequest:
+    """The PAM module's description of a login (:func:`pam_duo_py.pam.pam_login`, keyed as the
+    broker's login frame) as the request it decides in-process."""
+    return LoginRequest(user=login["user"], service=login["service"], rhost=login["rhost"], tty=login["tty"],
+                        host=profile(login["service"], login["command"]), password=login["password"],
+                        caller_uid=login["caller_uid"])
 
 
 def ip_literal(rhost: str | None) -> str | None:
@@ -76,7 +98,7 @@ def resolve(settings: UsersSettings, user: str, host: HostProfile, caller_uid: i
 
     try:
         target = users.lookup(user)
-        person = users.second_factor_user(host, target, caller_uid) if target else None
+        person = users.second_factor_user(host.caller_does_duo, target, caller_uid) if target else None
     except UserLookupError as exc:
         return Resolved(stop=Outcome(Result.SERVICE_ERR, Kind.ERROR, str(exc)))
     if person is None:
@@ -180,14 +202,15 @@ class InProcess:
                     EventSink(debug=self.debug).config_error(problem)
         return self._config
 
-    def authenticate(self, request: LoginRequest, ui: Prompter) -> Result:
+    def authenticate(self, login: dict, ui: Prompter) -> Result:
+        """Decide the login the PAM module describes (:func:`pam_request`)."""
         config = self.config()
         if config is None:
             return Result.SERVICE_ERR
         from .events import EventSink
 
         sink = EventSink(config.log.audit_file, debug=self.debug)
-        return authenticate(config, request, ui, sink=sink, duo_factory=self.duo_factory).result
+        return authenticate(config, pam_request(login), ui, sink=sink, duo_factory=self.duo_factory).result
 
 
 def _duo_facts(duo: object) -> dict:

@@ -12,27 +12,28 @@ Rules that keep the host process (sshd, sudo, su, login) alive and safe:
 Module arguments: ``conf=PATH`` and ``debug``; anything else is a
 configuration error.
 """
-from __future__ import annotations
-
 import os
-TYPE_CHECKING = False
-if TYPE_CHECKING:  # annotations only: importing typing costs milliseconds per login
-    from typing import Any
 
 from .errors import ConversationError
-from .login import InProcess, LoginRequest
+from .hosts import command_for, holds_info_messages
 from .paths import DEFAULT_CONFIG, DEFAULT_SOCKET
 from .result import Result
 
-# Only what a login through the broker needs is imported up front: the config
-# parser, the Duo client and the engine are imported when the login is decided
-# here, in-process (see login.py).
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # annotations only: importing typing costs milliseconds per login
+    from typing import Any, Callable
+
+    from .login import InProcess
+
+# Only what a login through the broker needs is imported up front (docs/architecture.md,
+# "the thin path"): the login request, the config parser, the Duo client and the engine
+# are imported when the login is decided here, in-process (see login.py).
 
 SERVICE_ERR_FALLBACK = 3
 PAM_SILENT = 0x8000
 
 
-def _code(pamh: Any, name: str) -> int:
+def _code(pamh: "Any", name: str) -> int:
     try:
         value = getattr(pamh, "PAM_" + name)
         if isinstance(value, int) and not isinstance(value, bool):
@@ -42,7 +43,7 @@ def _code(pamh: Any, name: str) -> int:
     return SERVICE_ERR_FALLBACK
 
 
-def _item(pamh: Any, name: str) -> str | None:
+def _item(pamh: "Any", name: str) -> str | None:
     """A PAM item as a plain str, or None (unset, or not valid UTF-8)."""
     try:
         value = getattr(pamh, name)
@@ -59,7 +60,7 @@ class PamPrompter:
     ``PAM_SILENT`` (sudo always sets it) hides status lines (``show``), never alerts.
     """
 
-    def __init__(self, pamh: Any, *, silent: bool, holds_info: bool) -> None:
+    def __init__(self, pamh: "Any", *, silent: bool, holds_info: bool) -> None:
         self.pamh = pamh
         self.silent = silent
         self.holds_info = holds_info
@@ -115,7 +116,7 @@ def parse_arguments(argv: list[str]) -> tuple[str, bool, list[str]]:
     return conf, debug, problems
 
 
-def _sink() -> Any:
+def _sink() -> "Any":
     """Where a configuration or internal error goes (the log; imported only then)."""
     from .events import EventSink
 
@@ -127,46 +128,65 @@ class BrokerFirst:
 
     A broker that does not take the login (none there, no answer within 2 s, busy,
     serving another config) leaves it to the next; nothing went to Duo then.
+    ``local()`` makes the in-process backend, only when it is needed: a login the broker
+    takes never imports it (:mod:`pam_duo_py.login`).
     """
 
-    def __init__(self, config_path: str, local: Any, default_socket: str = DEFAULT_SOCKET,
-                 broker: Any = None) -> None:
+    def __init__(self, config_path: str, local: "Callable[[], InProcess]", default_socket: str = DEFAULT_SOCKET,
+                 broker: "Any" = None) -> None:
         self.config_path = config_path
-        self.local = local
+        self._local_factory = local
+        self._local: "InProcess | None" = None
         self.default_socket = default_socket
         self._backend_for = broker  # (socket path, config path) -> backend; BrokerBackend when None
 
-    def _broker(self, socket_path: str, request: LoginRequest, ui: Any) -> Result | None:
+    @property
+    def local(self) -> "InProcess":
+        if self._local is None:
+            self._local = self._local_factory()
+        return self._local
+
+    def _broker(self, socket_path: str, login: dict, ui: "Any") -> Result | None:
         if not os.path.exists(socket_path):
             return None
         if self._backend_for is None:
             from .broker_client import BrokerBackend
 
             self._backend_for = BrokerBackend
-        result = self._backend_for(socket_path, self.config_path).authenticate(request, ui)
+        result = self._backend_for(socket_path, self.config_path).authenticate(login, ui)
         return None if result.declined else result
 
-    def authenticate(self, request: LoginRequest, ui: Any) -> Result:
+    def authenticate(self, login: dict, ui: "Any") -> Result:
         # The broker serves this config file too when it can (it loads it), and declines otherwise.
-        result = self._broker(self.default_socket, request, ui)
+        result = self._broker(self.default_socket, login, ui)
         if result is not None:
             return result
         config = self.local.config()
         if config is None:
             return Result.SERVICE_ERR
         if config.broker.socket != self.default_socket:
-            result = self._broker(config.broker.socket, request, ui)
-        return self.local.authenticate(request, ui) if result is None else result
+            result = self._broker(config.broker.socket, login, ui)
+        return self.local.authenticate(login, ui) if result is None else result
 
 
-def choose_backend(config_path: str, debug: bool) -> Any:
+def choose_backend(config_path: str, debug: bool) -> "Any":
     """Where this login is decided: in-process, or (as root) first by a broker."""
-    local = InProcess(config_path, debug=debug)
-    return BrokerFirst(config_path, local, DEFAULT_SOCKET) if os.geteuid() == 0 else local
+
+    def local() -> "InProcess":
+        from .login import InProcess
+
+        return InProcess(config_path, debug=debug)
+
+    return BrokerFirst(config_path, local, DEFAULT_SOCKET) if os.geteuid() == 0 else local()
 
 
-def login_request(pamh: Any) -> LoginRequest | None:
-    """What PAM tells us about this login; None when there is no usable user name."""
+def pam_login(pamh: "Any") -> dict | None:
+    """What PAM tells us about this login, keyed as the broker's login frame names it
+    (:mod:`pam_duo_py.broker_protocol`); None when there is no usable user name.
+
+    A plain dict: a login through the broker sends it as it is, and only a login decided
+    here makes a :class:`~pam_duo_py.login.LoginRequest` of it (:func:`pam_duo_py.login.pam_request`).
+    """
     try:
         user = pamh.get_user(None)
     except UnicodeDecodeError:
@@ -175,31 +195,28 @@ def login_request(pamh: Any) -> LoginRequest | None:
         return None
     if not isinstance(user, str) or not user:
         return None
-    from .hosts import command_for, profile
-
     service = _item(pamh, "service") or ""
-    return LoginRequest(user=user, service=service, rhost=_item(pamh, "rhost"), tty=_item(pamh, "tty"),
-                        host=profile(service, command_for(service)), password=_item(pamh, "authtok"),
-                        caller_uid=os.getuid())
+    return {"user": user, "service": service, "rhost": _item(pamh, "rhost"), "tty": _item(pamh, "tty"),
+            "command": command_for(service), "password": _item(pamh, "authtok"), "caller_uid": os.getuid()}
 
 
-def _authenticate(pamh: Any, flags: int, argv: list[str], choose: Any = None) -> int:
+def _authenticate(pamh: "Any", flags: int, argv: list[str], choose: "Any" = None) -> int:
     args = [a for a in argv[1:] if isinstance(a, str)] if isinstance(argv, (list, tuple)) else []
     conf, debug, problems = parse_arguments(args)
     if problems:
         for problem in problems:
             _sink().config_error("PAM line: " + problem)
         return _code(pamh, "SERVICE_ERR")
-    request = login_request(pamh)
-    if request is None:
+    login = pam_login(pamh)
+    if login is None:
         return _code(pamh, "USER_UNKNOWN")
     silent = bool(flags & PAM_SILENT) if isinstance(flags, int) else False
-    ui = PamPrompter(pamh, silent=silent, holds_info=request.host.holds_info_messages)
+    ui = PamPrompter(pamh, silent=silent, holds_info=holds_info_messages(login["service"]))
     backend = (choose or choose_backend)(conf, debug)
-    return _code(pamh, backend.authenticate(request, ui).pam_name)
+    return _code(pamh, backend.authenticate(login, ui).pam_name)
 
 
-def pam_sm_authenticate(pamh: Any, flags: int, argv: list[str], choose: Any = None) -> int:
+def pam_sm_authenticate(pamh: "Any", flags: int, argv: list[str], choose: "Any" = None) -> int:
     """pam_python passes three arguments; ``choose`` (``choose_backend`` when None) is for tests."""
     try:
         return _authenticate(pamh, flags, argv, choose)
@@ -213,11 +230,11 @@ def pam_sm_authenticate(pamh: Any, flags: int, argv: list[str], choose: Any = No
         return _code(pamh, "SERVICE_ERR")
 
 
-def pam_sm_setcred(pamh: Any, flags: int, argv: list[str]) -> int:
+def pam_sm_setcred(pamh: "Any", flags: int, argv: list[str]) -> int:
     return _code(pamh, "SUCCESS")
 
 
-def _ignore(pamh: Any, flags: int, argv: list[str]) -> int:
+def _ignore(pamh: "Any", flags: int, argv: list[str]) -> int:
     return _code(pamh, "IGNORE")
 
 

@@ -12,7 +12,6 @@ broker about 4 ms, and this module is all such a login needs of it. Members are
 singletons (compare with ``is``), ``Result(name)`` looks one up (``ValueError`` for
 anything else), and ``name``, ``value``, ``str()`` and ``repr()`` read as an enum's do.
 """
-from __future__ import annotations
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -20,7 +19,7 @@ if TYPE_CHECKING:
 
 
 class _ResultType(type):
-    def __iter__(cls) -> Iterator[Result]:
+    def __iter__(cls) -> "Iterator[Result]":
         return iter(cls._members.values())  # type: ignore[attr-defined]
 
     def __len__(cls) -> int:
@@ -29,23 +28,23 @@ class _ResultType(type):
 
 class Result(str, metaclass=_ResultType):
     __slots__ = ()
-    _members: dict[str, Result] = {}
+    _members: "dict[str, Result]" = {}
 
-    SUCCESS: Result
-    AUTH_ERR: Result
-    MAXTRIES: Result
-    IGNORE: Result
-    USER_UNKNOWN: Result
-    CONV_ERR: Result
-    AUTHINFO_UNAVAIL: Result
-    SERVICE_ERR: Result
+    SUCCESS: "Result"
+    AUTH_ERR: "Result"
+    MAXTRIES: "Result"
+    IGNORE: "Result"
+    USER_UNKNOWN: "Result"
+    CONV_ERR: "Result"
+    AUTHINFO_UNAVAIL: "Result"
+    SERVICE_ERR: "Result"
     # The broker's own answers. Nothing was sent to Duo for any of them.
-    BUSY: Result  # too many concurrent logins for this user: the PAM module decides in-process
-    OTHER_CONFIG: Result  # the broker serves another config: the PAM module decides in-process
-    BAD_CONFIG: Result  # the broker's config no longer loads: refused, as SERVICE_ERR
-    NOT_ACCEPTED: Result  # never on the wire: no broker, no answer in time, or it hung up first
+    BUSY: "Result"  # too many concurrent logins for this user: the PAM module decides in-process
+    OTHER_CONFIG: "Result"  # the broker serves another config: the PAM module decides in-process
+    BAD_CONFIG: "Result"  # the broker's config no longer loads: refused, as SERVICE_ERR
+    NOT_ACCEPTED: "Result"  # never on the wire: no broker, no answer in time, or it hung up first
 
-    def __new__(cls, name: object) -> Result:
+    def __new__(cls, name: object) -> "Result":
         member = cls._members.get(name) if isinstance(name, str) else None
         if member is None:
             raise ValueError(f"{name!r} is not a valid Result")
@@ -82,7 +81,7 @@ class Result(str, metaclass=_ResultType):
         return self.value if self.value in _PAM_NAMES else "SERVICE_ERR"
 
     @classmethod
-    def from_wire(cls, name: object) -> Result | None:
+    def from_wire(cls, name: object) -> "Result | None":
         """The result a peer named, or None for anything that is not one."""
         try:
             result = cls(name) if isinstance(name, str) else None

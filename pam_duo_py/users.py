@@ -11,7 +11,6 @@ from .errors import UserLookupError
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from .config import DuoIdentity, UsersSettings
-    from .hosts import HostProfile
 
 
 class LocalUser(Record):
@@ -95,9 +94,10 @@ def requires_duo(settings: UsersSettings, user: LocalUser) -> bool:
     return False
 
 
-def second_factor_user(host: HostProfile, target: LocalUser, caller_uid: int) -> LocalUser | None:
-    """Who does Duo: under su to root it is the calling user (duo_unix's rule), else the target."""
-    if host.caller_does_duo and target.uid == 0 and caller_uid != 0:
+def second_factor_user(caller_does_duo: bool, target: LocalUser, caller_uid: int) -> LocalUser | None:
+    """Who does Duo: under su to root (the host profile's ``caller_does_duo``) it is the calling user
+    (duo_unix's rule), else the target."""
+    if caller_does_duo and target.uid == 0 and caller_uid != 0:
         return lookup_uid(caller_uid)
     return target
 

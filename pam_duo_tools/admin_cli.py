@@ -68,7 +68,7 @@ def _print_problems(title: str, problems: Any) -> None:
 def _who_is(config: Config, name: str, service: str = SERVICE) -> tuple[str, DuoIdentity, bool]:
     """(local user, Duo identity, exempt) for a local user, by the login path's own rule."""
     from pam_duo_py.engine import Kind
-    from pam_duo_py.hosts import profile
+    from pam_duo_py.login import profile
     from pam_duo_py.login import resolve
 
     who = resolve(config.users, name, profile(service), caller_uid=0)  # as root: the target does Duo
@@ -244,7 +244,7 @@ def local_users_needing_duo(config: Config, service: str) -> list[tuple[str, Duo
     """Every local account with a login shell that would have to do Duo, with its Duo identity."""
     import pwd
 
-    from pam_duo_py.hosts import profile
+    from pam_duo_py.login import profile
 
     host = profile(service)
     rows = []

@@ -219,7 +219,7 @@ def _check_user(config: Config, client: DuoClient, user: str, status: int) -> in
     """``check --user``: who the login would be for (the login's own rule), and what preauth says."""
     from pam_duo_py.engine import Kind
     from pam_duo_py.errors import DuoError
-    from pam_duo_py.hosts import HostProfile
+    from pam_duo_py.login import HostProfile
     from pam_duo_py.login import resolve
 
     who = resolve(config.users, user, HostProfile(), os.getuid())

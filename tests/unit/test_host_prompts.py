@@ -8,7 +8,7 @@ from fakes import APPROVED, PASSCODE_OK, FakeClock, FakeDuo, FakePamh, FakePromp
 from pam_duo_py.broker_trust import _caller_uid
 from pam_duo_py.config import AuthSettings, DuoIdentity
 from pam_duo_py.engine import MSG_SSHD_NOTICE, Engine, Login, Result
-from pam_duo_py.hosts import profile
+from pam_duo_py.login import profile
 from pam_duo_py.pam import PamPrompter
 from pam_duo_py.replies import Device, Preauth
 

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from pam_duo_py.hosts import HostProfile, command_for, holds_info_messages, profile, sudo_command
+from pam_duo_py.hosts import caller_does_duo, command_for, holds_info_messages, sudo_command
+from pam_duo_py.login import HostProfile, profile
 
 
 @pytest.mark.parametrize("argv,expected", [
@@ -53,6 +54,7 @@ def test_command_for_is_none_outside_sudo():
                                                  ("su-l", False, True), ("sudo", False, False), ("sux", False, False),
                                                  ("login", False, False), ("pam-duo-login", False, False)])
 def test_profile_of_a_service(service, info, caller):
+    assert (holds_info_messages(service), caller_does_duo(service)) == (info, caller)
     assert profile(service) == HostProfile(holds_info_messages=info, caller_does_duo=caller)
     assert profile(service, "id -un").command == "id -un"
 

@@ -14,8 +14,7 @@ from pam_duo_py.config import parse_config
 from pam_duo_py.engine import Kind, Result
 from pam_duo_py.errors import DuoUnavailable, UserLookupError
 from pam_duo_py.events import EventSink
-from pam_duo_py.hosts import HostProfile, profile
-from pam_duo_py.login import LoginRequest, authenticate, ip_literal
+from pam_duo_py.login import HostProfile, LoginRequest, authenticate, ip_literal, profile
 from pam_duo_py.replies import Device, Preauth
 from pam_duo_py.users import LocalUser
 

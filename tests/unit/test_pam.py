@@ -350,7 +350,7 @@ def test_the_backend_is_chosen_by_the_effective_uid():
 
 def test_without_a_broker_the_login_is_decided_in_process(conf, duo, tmp_path, syslog_lines):
     def broker_first(config_path, debug):
-        return pam.BrokerFirst(config_path, duo.choose(config_path, debug), str(tmp_path / "no-broker.sock"))
+        return pam.BrokerFirst(config_path, lambda: duo.choose(config_path, debug), str(tmp_path / "no-broker.sock"))
 
     rc = pam_sm_authenticate(FakePamh(user=ME, service="sshd", tty="ssh"), 0, conf(), choose=broker_first)
     assert rc == SUCCESS and duo.made == 1

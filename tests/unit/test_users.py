@@ -10,7 +10,7 @@ import pytest
 from pam_duo_py import users
 from pam_duo_py.config import DuoIdentity, UsersSettings
 from pam_duo_py.errors import UserLookupError
-from pam_duo_py.hosts import profile
+from pam_duo_py.login import profile
 from pam_duo_py.users import LocalUser
 
 ALICE = LocalUser("alice", 1001, 1001, "/home/alice", "/bin/bash")
@@ -82,30 +82,30 @@ def caller(monkeypatch):
 
 @pytest.mark.parametrize("service", ["su", "su-l"])
 def test_su_to_root_is_done_by_the_calling_user(caller, service):
-    assert users.second_factor_user(profile(service), ROOT, 1001) == ALICE
+    assert users.second_factor_user(profile(service).caller_does_duo, ROOT, 1001) == ALICE
     assert caller == [1001]
 
 
 @pytest.mark.parametrize("service", ["su", "su-l"])
 def test_su_to_root_by_an_unknown_caller_has_nobody_to_ask(caller, service):
-    assert users.second_factor_user(profile(service), ROOT, 4242) is None
+    assert users.second_factor_user(profile(service).caller_does_duo, ROOT, 4242) is None
 
 
 def test_su_by_root_is_done_by_the_target(caller):
-    assert users.second_factor_user(profile("su"), ROOT, 0) == ROOT
-    assert users.second_factor_user(profile("su"), ALICE, 0) == ALICE
+    assert users.second_factor_user(profile("su").caller_does_duo, ROOT, 0) == ROOT
+    assert users.second_factor_user(profile("su").caller_does_duo, ALICE, 0) == ALICE
     assert caller == []
 
 
 def test_su_to_another_user_is_done_by_the_target(caller):
     bob = LocalUser("bob", 1002, 1002, "/home/bob", "/bin/sh")
-    assert users.second_factor_user(profile("su"), bob, 1001) == bob
+    assert users.second_factor_user(profile("su").caller_does_duo, bob, 1001) == bob
     assert caller == []
 
 
 @pytest.mark.parametrize("service", ["sudo", "sudo-i", "sshd", "login", "sux", "su-x"])
 def test_other_services_use_the_target(caller, service):
-    assert users.second_factor_user(profile(service), ROOT, 1001) == ROOT
+    assert users.second_factor_user(profile(service).caller_does_duo, ROOT, 1001) == ROOT
     assert caller == []
 
 
