@@ -45,6 +45,13 @@ from .result import Result
 NOFILE_TARGET = 65536  # the soft RLIMIT_NOFILE the broker raises itself to (at most the hard limit)
 TICK = 1.0  # seconds between calls of Broker.tick from the accept loop
 MAX_IDLE_CLIENTS = 8
+# A call with no idle client waits for one that a call in flight is about to give back, rather than
+# connect anew (ClientPool.borrow), for at most WAIT_CALLS times a warm call's recent duration
+# (a new connection costs a TCP and a TLS handshake before its call: about three), and never
+# longer than MAX_WAIT seconds. FIRST_CALL_ESTIMATE stands in until a warm call was timed.
+WAIT_CALLS = 2.0
+MAX_WAIT = 1.0
+FIRST_CALL_ESTIMATE = 0.05
 
 
 class BrokerPrompter:
@@ -108,7 +115,8 @@ class _Lent:
             raise AttributeError(name)
 
         def call(*args: Any, **kwargs: Any) -> Any:
-            client = self._pool.borrow(self.settings)
+            # auth_status is Duo's long poll: it may hold its client until the user answers.
+            client = self._pool.borrow(self.settings, returns_soon=name != "auth_status")
             try:
                 return getattr(client, name)(*args, **kwargs)
             finally:
@@ -137,7 +145,10 @@ class ClientPool:
     Bounded: each admitted login has at most one call in flight, so clients in use are at
     most the logins the broker admitted (``max_connections``, ``MAX_PER_USER`` for one
     user); at most ``MAX_IDLE_CLIENTS`` wait idle, and the keeper closes idle ones beyond
-    the next call's after a minute of quiet or when the server closes them.
+    the next call's after a minute of quiet or when the server closes them. In a burst, a
+    call waits for a client that a call in flight gives back rather than connecting anew
+    while that is the sooner (``borrow``), so a burst opens fewer connections than it has
+    calls in flight.
 
     ``background=False`` leaves the keeper's passes to the caller (unit tests, with a fake clock).
     """
@@ -151,35 +162,71 @@ class ClientPool:
         from .keepwarm import Keeper
 
         self._idle: list[Any] = []
-        self._lock = threading.Lock()
+        self._lock = threading.Condition()  # guards the idle list and the counts below; notified on give_back
         self.keeper = Keeper(self._lock, self._idle, clock)
         self._background = background
+        self._soon: dict[int, tuple[float, bool]] = {}  # id(client) -> (when lent, was warm), calls that return soon
+        self._waiting = 0
+        self.call_time = FIRST_CALL_ESTIMATE  # a warm call's recent duration (seconds, a moving average)
+        self.waited = 0  # calls served by a client another call gave back while they waited
 
     def get(self, settings: Any) -> _Lent:
         """A login's Duo client (the broker's ``duo_factory``)."""
         return _Lent(self, settings)
 
-    def borrow(self, settings: Any) -> Any:
-        """A client for one call: the warmest idle one (the last given back), else a new one."""
+    def _take_idle(self, settings: Any) -> Any:
+        return self._idle.pop() if self._idle and settings == self.settings else None
+
+    def borrow(self, settings: Any, *, returns_soon: bool = False) -> Any:
+        """A client for one call: the warmest idle one (the last given back); else, while calls that
+        return soon are in flight (one for each waiting call), the first of theirs given back, for at
+        most ``WAIT_CALLS`` warm-call times; else a new one.
+
+        ``returns_soon``: this call answers within about a round trip (every login call but
+        ``auth_status``'s long poll), so other calls may wait for its client.
+        """
         with self._lock:
-            client = self._idle.pop() if self._idle and settings == self.settings else None
+            client = self._take_idle(settings)
+            if client is None and settings == self.settings and len(self._soon) > self._waiting:
+                deadline = time.monotonic() + min(MAX_WAIT, WAIT_CALLS * self.call_time)
+                self._waiting += 1
+                try:
+                    while client is None and len(self._soon) >= self._waiting:
+                        left = deadline - time.monotonic()
+                        if left <= 0 or not self._lock.wait(left):
+                            break
+                        client = self._take_idle(settings)
+                finally:
+                    self._waiting -= 1
+                self.waited += client is not None
             self.keeper.taken(client)
+            if client is not None and returns_soon:
+                self._soon[id(client)] = (time.monotonic(), True)
         if client is not None:
             return client
         if self._factory is not None:
-            return self._factory(settings)
-        from .duo import DuoClient
+            client = self._factory(settings)
+        else:
+            from .duo import DuoClient
 
-        return DuoClient(settings)
+            client = DuoClient(settings)
+        if returns_soon:
+            with self._lock:
+                self._soon[id(client)] = (time.monotonic(), False)
+        return client
 
     def give_back(self, client: Any) -> None:
         with self._lock:
+            lent = self._soon.pop(id(client), None)
+            if lent is not None and lent[1]:
+                self.call_time += (time.monotonic() - lent[0] - self.call_time) / 8
             if client.settings == self.settings and len(self._idle) < MAX_IDLE_CLIENTS:
                 self._idle.append(client)
                 self.keeper.returned(client)
                 warm = self._background and hasattr(client, "warm_up")
             else:
                 warm = None
+            self._lock.notify_all()  # waiting calls look again: for this client, or whether to stop waiting
         if warm is None:
             client.close()
         elif warm:

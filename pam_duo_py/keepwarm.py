@@ -49,7 +49,7 @@ class Keeper:
     """The pool's background upkeep. ``maintain`` is one pass (unit tests call it with a fake clock)."""
 
     def __init__(self, lock: Any, idle: list[Any], clock: Callable[[], float] = time.monotonic) -> None:
-        self._lock = lock  # the pool's lock, guarding ``idle``
+        self._lock = lock  # the pool's lock (a Condition), guarding ``idle``; notified when a client is back
         self._idle = idle  # the pool's idle clients; the last one is handed out next
         self._clock = clock
         self._used: dict[int, float] = {}  # id(client) -> when it last carried a request
@@ -125,6 +125,7 @@ class Keeper:
                     keep.close()
                 else:
                     self._idle.append(keep)
+                    self._lock.notify_all()  # a call may be waiting for a client (ClientPool.borrow)
 
     def _watched(self) -> int | None:
         with self._lock:

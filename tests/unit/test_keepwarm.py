@@ -4,9 +4,12 @@ Pure logic: a fake clock and fake clients whose connection the test opens and cl
 """
 from __future__ import annotations
 
+import threading
+import time
+
 import pytest
 
-from pam_duo_py import keepwarm
+from pam_duo_py import broker_server, keepwarm
 from pam_duo_py.broker_server import ClientPool
 from pam_duo_py.config import DuoSettings
 from tests.unit.fakes import FakeClock
@@ -241,3 +244,85 @@ def test_close_stops_the_keeper_and_closes_idle_clients(pool, clock) -> None:
 def test_constants_stay_within_the_documented_bounds() -> None:
     assert keepwarm.PING_INTERVAL >= 60 and keepwarm.RECONNECT_INTERVAL >= 60
     assert keepwarm.QUIET_LIMIT == 24 * 3600
+
+
+# -- a burst: a call waits for a client that a call in flight gives back, rather than connect anew ----
+
+class Made:
+    """The pool's factory, remembering every client it made (each a new connection)."""
+
+    def __init__(self) -> None:
+        self.clients: list[Conn] = []
+
+    def __call__(self, settings: DuoSettings) -> Conn:
+        self.clients.append(Conn(settings))
+        return self.clients[-1]
+
+
+def borrow_in_thread(pool: ClientPool) -> tuple[threading.Thread, dict]:
+    got: dict = {}
+    thread = threading.Thread(target=lambda: got.setdefault("client", pool.borrow(SETTINGS, returns_soon=True)))
+    thread.start()
+    return thread, got
+
+
+def until_waiting(pool: ClientPool, count: int) -> None:
+    """Until ``count`` calls wait in ``borrow`` (state, not time: a bounded poll of the pool's count)."""
+    deadline = time.monotonic() + 10
+    while pool._waiting != count:
+        assert time.monotonic() < deadline, "no call is waiting"
+        threading.Event().wait(0.001)
+
+
+def test_a_call_waits_for_the_client_a_call_in_flight_gives_back() -> None:
+    made = Made()
+    pool = ClientPool(SETTINGS, factory=made, background=False)
+    pool.call_time = 60.0  # the wait is bounded by MAX_WAIT here
+    first = pool.borrow(SETTINGS, returns_soon=True)
+    thread, got = borrow_in_thread(pool)
+    until_waiting(pool, 1)
+    pool.give_back(first)
+    thread.join(10)
+    assert got["client"] is first and made.clients == [first]  # one connection for both calls
+    assert pool.waited == 1
+
+
+def test_one_waiting_call_for_each_call_in_flight_the_next_connects() -> None:
+    made = Made()
+    pool = ClientPool(SETTINGS, factory=made, background=False)
+    pool.call_time = 60.0
+    first = pool.borrow(SETTINGS, returns_soon=True)
+    thread, got = borrow_in_thread(pool)
+    until_waiting(pool, 1)
+    third = pool.borrow(SETTINGS, returns_soon=True)  # the call in flight is spoken for: a new client at once
+    assert third is not first and made.clients == [first, third]
+    pool.give_back(first)
+    thread.join(10)
+    assert got["client"] is first
+
+
+def test_a_long_poll_in_flight_is_not_waited_for() -> None:
+    made = Made()
+    pool = ClientPool(SETTINGS, factory=made, background=False)
+    status = pool.borrow(SETTINGS)  # auth_status: may hold its client until the user answers
+    assert pool.borrow(SETTINGS, returns_soon=True) is not status
+    assert len(made.clients) == 2 and pool.waited == 0
+
+
+def test_a_call_in_flight_that_does_not_come_back_is_waited_for_a_bounded_time() -> None:
+    made = Made()
+    pool = ClientPool(SETTINGS, factory=made, background=False)
+    pool.call_time = 0.005  # the wait ends after two such calls' time: then a new connection
+    first = pool.borrow(SETTINGS, returns_soon=True)
+    second = pool.borrow(SETTINGS, returns_soon=True)  # same thread: nobody gives ``first`` back meanwhile
+    assert second is not first and made.clients == [first, second] and pool.waited == 0
+
+
+def test_the_wait_follows_how_long_warm_calls_take() -> None:
+    pool = ClientPool(SETTINGS, factory=Conn, background=False)
+    client = pool.borrow(SETTINGS, returns_soon=True)  # a new client: its call includes the handshakes, not timed
+    pool.give_back(client)
+    assert pool.call_time == broker_server.FIRST_CALL_ESTIMATE
+    for _ in range(50):
+        pool.give_back(pool.borrow(SETTINGS, returns_soon=True))  # warm calls that return at once
+    assert pool.call_time < broker_server.FIRST_CALL_ESTIMATE / 10
