@@ -73,13 +73,14 @@ class Health:
         with broker._lock:
             inflight = sum(broker._active.values())
         served = broker.configs.all()
-        idle = 0
+        idle = waited = 0
         for config in served:
             with config.pool._lock:
                 idle += len(config.pool._idle)
+                waited += config.pool.waited
         return {"v": 1, "pid": os.getpid(), "time": round(time.time(), 3), "started": round(self.started, 3),
                 "inflight_logins": inflight, "connections": self.connections, "busy": self.busy, "shed": broker.shed,
-                "pool_idle_clients": idle, "configs": len(served),
+                "pool_idle_clients": idle, "pool_waited": waited, "configs": len(served),
                 "reloads": self.reloads, "reload_failures": self.reload_failures,
                 "interval": STATS_INTERVAL}
 
