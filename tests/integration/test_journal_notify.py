@@ -24,7 +24,7 @@ class FakeBroker:
         self._lock = threading.Lock()
         self._active = {0: 2, 1000: 1}
         self.shed = 3
-        pool = type("Pool", (), {"_lock": threading.Lock(), "_idle": [object()]})()
+        pool = type("Pool", (), {"_lock": threading.Lock(), "_idle": [object()], "waited": 4})()
         served = type("Served", (), {"pool": pool})()
         self.configs = type("Configs", (), {"all": lambda self: [served]})()
 
@@ -82,7 +82,7 @@ def test_health_pings_at_half_the_interval_and_writes_stats(dgram, tmp_path):
     health.tick()
     assert sock.recv(100) == b"WATCHDOG=1"
     stats = json.loads((tmp_path / "broker-stats.json").read_text())
-    assert stats["inflight_logins"] == 3 and stats["pool_idle_clients"] == 1
+    assert stats["inflight_logins"] == 3 and stats["pool_idle_clients"] == 1 and stats["pool_waited"] == 4
     assert stats["connections"] == 5 and stats["reloads"] == 1 and stats["reload_failures"] == 1
     assert stats["pid"] == os.getpid() and stats["shed"] == 3 and stats["busy"] == 0
     health.stopping()
