@@ -1,8 +1,10 @@
 """The broker's client side: connect, check, converse (``pam-duo-login`` and the PAM module).
 
-Only this, :mod:`~pam_duo_py.broker_protocol` and :mod:`~pam_duo_py.result` are
-imported on a PAM login through the broker: no server code, no config parser,
-no Duo client. It uses ``_socket`` rather than ``socket`` for the same reason.
+A PAM login through the broker imports this, :mod:`~pam_duo_py.broker_protocol`,
+:mod:`~pam_duo_py.result` and :mod:`~pam_duo_py.files` (docs/architecture.md, "the thin
+path"): no server code, no config parser, no Duo client, not even the exception tree
+(:class:`~pam_duo_py.errors.ConversationError` is imported once a prompter raised it). It
+uses ``_socket`` rather than ``socket`` for the same reason.
 """
 
 import _socket
@@ -13,9 +15,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:  # annotations only: importing typing costs milliseconds per login
     from typing import Any
 
-
 from .broker_protocol import ACK_TIMEOUT, NotAccepted, ProtocolError, peer_uid, recv_frame, send_frame
-from .errors import ConversationError
 from .files import socket_directory_problem
 from .result import Result
 
@@ -106,10 +106,7 @@ def converse(sock: "Any", request: "dict[str, Any]", ui: "Any", *, ack_timeout: 
         if kind == "accepted" and not accepted:
             accepted = True
         elif kind == "ask":
-            try:
-                send_frame(sock, {"type": "answer", "text": ui.ask(text)})
-            except ConversationError:
-                send_frame(sock, {"type": "eof"})
+            send_frame(sock, _answer(ui, text))
         elif kind in ("show", "alert"):
             getattr(ui, kind)(text)
             send_frame(sock, {"type": "ack"})
@@ -118,6 +115,20 @@ def converse(sock: "Any", request: "dict[str, Any]", ui: "Any", *, ack_timeout: 
         accepted = True  # a prompt also means the broker took the login
         sock.settimeout(frame_timeout)
         message = recv_frame(sock)
+
+
+def _answer(ui: "Any", text: str) -> dict:
+    """The user's answer to a prompt as a frame: ``eof`` when they could not be asked."""
+    try:
+        return {"type": "answer", "text": ui.ask(text)}
+    except Exception as exc:
+        # ConversationError is imported here, once a prompter raised: a prompter that raises it has
+        # imported it, and a login through the broker that is never refused an answer does not.
+        from .errors import ConversationError
+
+        if isinstance(exc, ConversationError):
+            return {"type": "eof"}
+        raise
 
 
 class BrokerBackend:

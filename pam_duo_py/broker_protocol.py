@@ -77,7 +77,6 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:  # annotations only: importing typing costs milliseconds per login
     from typing import Any
 
-from .errors import PamDuoError
 from .result import Result
 
 MAX_FRAME = 64 * 1024
@@ -142,8 +141,11 @@ def loads(text: str) -> "Any":
     return json.loads(text)
 
 
-class ProtocolError(PamDuoError):
-    """A frame that is not what the protocol allows, or a peer that went away."""
+class ProtocolError(Exception):
+    """A frame that is not what the protocol allows, or a peer that went away.
+
+    Not one of :mod:`pam_duo_py.errors`: a login through the broker does not import that tree.
+    """
 
 
 class NotAccepted(ProtocolError):

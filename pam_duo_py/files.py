@@ -15,9 +15,19 @@ replace that entry (this is what makes ``/tmp/<root-owned dir>`` safe).
 import os
 import stat
 
-from .errors import FileRuleError
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # annotations only
+    from .errors import FileRuleError
 
 MAX_SIZE = 1 << 20
+
+
+def _refused(path: str, reason: str) -> "FileRuleError":
+    """The error for ``path`` failing the rule. The exception tree is imported only here: a login
+    through the broker checks the socket directory (:func:`socket_directory_problem`) and no more."""
+    from .errors import FileRuleError
+
+    return FileRuleError(path, reason)
 
 
 def trusted_uids() -> frozenset[int]:
@@ -37,7 +47,7 @@ def check_directories(path: str) -> None:
     """Check every directory above ``path`` (the file itself is checked by its opener)."""
     trusted = trusted_uids()
     if not os.path.isabs(path):
-        raise FileRuleError(path, "path must be absolute")
+        raise _refused(path, "path must be absolute")
     parent = os.path.realpath(os.path.dirname(path))
     # Symlinks on the way (e.g. /lib -> usr/lib) must themselves belong to a trusted user.
     lexical = os.path.dirname(path)
@@ -45,9 +55,9 @@ def check_directories(path: str) -> None:
         try:
             st = os.lstat(lexical)
         except OSError as exc:
-            raise FileRuleError(path, f"cannot inspect {lexical}: {exc.strerror}") from None
+            raise _refused(path, f"cannot inspect {lexical}: {exc.strerror}") from None
         if stat.S_ISLNK(st.st_mode) and st.st_uid not in trusted:
-            raise FileRuleError(path, f"{lexical} is a symlink owned by {_owner_name(st.st_uid)}")
+            raise _refused(path, f"{lexical} is a symlink owned by {_owner_name(st.st_uid)}")
         lexical = os.path.dirname(lexical)
     child_uid: int | None = None
     current = parent
@@ -55,15 +65,15 @@ def check_directories(path: str) -> None:
         try:
             st = os.stat(current)
         except OSError as exc:
-            raise FileRuleError(path, f"cannot inspect {current}: {exc.strerror}") from None
+            raise _refused(path, f"cannot inspect {current}: {exc.strerror}") from None
         if not stat.S_ISDIR(st.st_mode):
-            raise FileRuleError(path, f"{current} is not a directory")
+            raise _refused(path, f"{current} is not a directory")
         if st.st_uid not in trusted:
-            raise FileRuleError(path, f"directory {current} is owned by {_owner_name(st.st_uid)}, not root")
+            raise _refused(path, f"directory {current} is owned by {_owner_name(st.st_uid)}, not root")
         if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
             sticky_ok = st.st_mode & stat.S_ISVTX and child_uid is not None and child_uid in trusted
             if not sticky_ok:
-                raise FileRuleError(path, f"directory {current} is writable by group or others")
+                raise _refused(path, f"directory {current} is writable by group or others")
         if current == "/":
             return
         child_uid = st.st_uid
@@ -73,26 +83,26 @@ def check_directories(path: str) -> None:
 def _check_fd(path: str, fd: int, *, secret: bool, private: bool = False) -> os.stat_result:
     st = os.fstat(fd)
     if not stat.S_ISREG(st.st_mode):
-        raise FileRuleError(path, "not a regular file")
+        raise _refused(path, "not a regular file")
     if st.st_uid not in trusted_uids():
-        raise FileRuleError(path, f"owned by {_owner_name(st.st_uid)}, must be owned by root")
+        raise _refused(path, f"owned by {_owner_name(st.st_uid)}, must be owned by root")
     if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-        raise FileRuleError(path, f"mode {stat.S_IMODE(st.st_mode):04o} is writable by group or others")
+        raise _refused(path, f"mode {stat.S_IMODE(st.st_mode):04o} is writable by group or others")
     if secret and st.st_mode & (stat.S_IRWXO | stat.S_IRGRP | stat.S_IWGRP | stat.S_IXGRP):
-        raise FileRuleError(path, f"mode {stat.S_IMODE(st.st_mode):04o}: a file holding a secret key must be mode 0600")
+        raise _refused(path, f"mode {stat.S_IMODE(st.st_mode):04o}: a file holding a secret key must be mode 0600")
     if private and st.st_mode & stat.S_IRWXO:
-        raise FileRuleError(path, f"mode {stat.S_IMODE(st.st_mode):04o} is readable by others (0640 at most)")
+        raise _refused(path, f"mode {stat.S_IMODE(st.st_mode):04o} is readable by others (0640 at most)")
     return st
 
 
-def _open_error(path: str, exc: OSError) -> FileRuleError:
+def _open_error(path: str, exc: OSError) -> "FileRuleError":
     import errno
 
     if exc.errno == errno.ELOOP:
-        return FileRuleError(path, "is a symlink (symlinks are not followed)")
+        return _refused(path, "is a symlink (symlinks are not followed)")
     if exc.errno == errno.ENOENT:
-        return FileRuleError(path, "no such file")
-    return FileRuleError(path, f"cannot open: {exc.strerror}")
+        return _refused(path, "no such file")
+    return _refused(path, f"cannot open: {exc.strerror}")
 
 
 def read_checked(path: str, *, secret: bool = False) -> bytes:
@@ -110,7 +120,7 @@ def read_checked_stat(path: str, *, secret: bool = False, private: bool = False)
     try:
         st = _check_fd(path, fd, secret=secret, private=private)
         if st.st_size > MAX_SIZE:
-            raise FileRuleError(path, f"larger than {MAX_SIZE} bytes")
+            raise _refused(path, f"larger than {MAX_SIZE} bytes")
         return read_all(fd), st
     finally:
         os.close(fd)

@@ -14,7 +14,6 @@ configuration error.
 """
 import os
 
-from .errors import ConversationError
 from .hosts import command_for, holds_info_messages
 from .paths import DEFAULT_CONFIG, DEFAULT_SOCKET
 from .result import Result
@@ -65,42 +64,36 @@ class PamPrompter:
         self.silent = silent
         self.holds_info = holds_info
 
-    def _converse(self, style: int, text: str) -> str | None:
+    def _converse(self, style: int, text: str) -> "str | None | bool":
+        """The answer (None when the host gave no text), or False when the conversation failed."""
         pamh = self.pamh
         try:
             response = pamh.conversation(pamh.Message(style, text))
             answer = response.resp
         except (pamh.exception, UnicodeError):  # UnicodeError: the answer is not valid UTF-8
-            raise ConversationError("conversation failed") from None
+            return False
         return answer if isinstance(answer, str) else None
 
     def ask(self, text: str) -> str:
         answer = self._converse(self.pamh.PAM_PROMPT_ECHO_ON, text)
-        if answer is None:
-            raise ConversationError("no answer")
-        return answer
+        if isinstance(answer, str):
+            return answer
+        from .errors import ConversationError  # only now: a login through the broker does not import the tree
+
+        raise ConversationError("conversation failed" if answer is False else "no answer")
 
     def show(self, text: str) -> None:
         if self.silent or not text:
             return
-        try:
-            self._converse(self.pamh.PAM_TEXT_INFO, text)
-        except ConversationError:
-            pass
+        self._converse(self.pamh.PAM_TEXT_INFO, text)  # a status line the host could not show is not a failure
 
     def alert(self, text: str) -> None:
         if self.holds_info:
-            try:
-                self._converse(self.pamh.PAM_PROMPT_ECHO_ON, text + "\nPress Enter to continue.")
-            except ConversationError:
-                pass
+            self._converse(self.pamh.PAM_PROMPT_ECHO_ON, text + "\nPress Enter to continue.")
             return
         # Not even PAM_SILENT hides an alert: sudo always sets that flag, and without the text
         # the user cannot act (Verified Push code, enrollment URL) or learn why they were refused.
-        try:
-            self._converse(self.pamh.PAM_ERROR_MSG, text)
-        except ConversationError:
-            pass
+        self._converse(self.pamh.PAM_ERROR_MSG, text)
 
 
 def parse_arguments(argv: list[str]) -> tuple[str, bool, list[str]]:

@@ -17,6 +17,7 @@ from pam_duo_py import broker_protocol, pam
 from pam_duo_py.broker_client import BrokerBackend, converse
 from pam_duo_py.broker_protocol import MAX_FRAME, WRAPPER_SERVICE, ProtocolError, peer_uid, recv_frame, send_frame
 from pam_duo_py.broker_trust import Refusal, login_request, named_config
+from pam_duo_py.errors import ConversationError
 from pam_duo_py.hosts import command_for
 from pam_duo_py.login import LoginRequest, profile
 from pam_duo_py.result import Result
@@ -209,6 +210,31 @@ def test_converse_relays_prompts_and_returns_the_result(pair):
         {"user": "alice", "type": "login"}, {"type": "answer", "text": "1"}, {"type": "ack"}, {"type": "ack"}]
 
 
+class Refusing(UI):
+    def __init__(self, error: Exception) -> None:
+        super().__init__()
+        self.error = error
+
+    def ask(self, text: str) -> str:
+        raise self.error
+
+
+def test_a_user_who_cannot_be_asked_answers_eof(pair):
+    client, broker = pair
+    for message in ({"type": "accepted"}, {"type": "ask", "text": "menu"},
+                    {"type": "result", "result": "AUTH_ERR", "message": ""}):
+        send_frame(broker, message)
+    assert converse(client, {"user": "alice"}, Refusing(ConversationError("no answer")))[0] is Result.AUTH_ERR
+    assert [recv_frame(broker) for _ in range(2)] == [{"user": "alice", "type": "login"}, {"type": "eof"}]
+
+
+def test_a_prompter_that_breaks_otherwise_is_not_taken_for_an_answer(pair):
+    send_frame(pair[1], {"type": "accepted"})
+    send_frame(pair[1], {"type": "ask", "text": "menu"})
+    with pytest.raises(RuntimeError):
+        converse(pair[0], {"user": "alice"}, Refusing(RuntimeError("bug")))
+
+
 def test_a_declining_result_after_accepted_is_a_refusal(pair):
     send_frame(pair[1], {"type": "accepted"})
     send_frame(pair[1], {"type": "result", "result": "OTHER_CONFIG", "message": ""})
@@ -381,7 +407,7 @@ print(json.dumps({"code": code, "modules": modules}))
 # What a login through the broker imports, all of it (docs/architecture.md, "the thin path"). Every
 # module costs each such login its load and, at the end, its teardown: a new one belongs here only
 # with its cost measured (scripts/bench --cpu-breakdown).
-THIN_PATH = {"pam_duo_py", "pam_duo_py.pam", "pam_duo_py.errors", "pam_duo_py.hosts", "pam_duo_py.paths",
+THIN_PATH = {"pam_duo_py", "pam_duo_py.pam", "pam_duo_py.hosts", "pam_duo_py.paths",
              "pam_duo_py.result", "pam_duo_py.broker_client", "pam_duo_py.broker_protocol", "pam_duo_py.files"}
 # Of the standard library: what site imports anyway (os and its parts), and two C modules.
 THIN_PATH_STDLIB = {"os", "os.path", "posixpath", "genericpath", "stat", "_stat", "_collections_abc", "_json",
@@ -390,7 +416,7 @@ THIN_PATH_STDLIB = {"os", "os.path", "posixpath", "genericpath", "stat", "_stat"
 
 def test_a_login_through_the_broker_imports_only_the_thin_path():
     # -S: without site, whatever a .pth file imports does not hide what the login path imports.
-    # No __future__, typing, login, record, socket, struct, json or enum: each would cost every login.
+    # No __future__, typing, errors, login, record, socket, struct, json or enum: each would cost every login.
     out = subprocess.run([sys.executable, "-I", "-S", "-c", THIN_CLIENT, ROOT], capture_output=True, text=True,
                          timeout=60)
     assert out.returncode == 0, out.stderr
