@@ -326,3 +326,14 @@ def test_the_wait_follows_how_long_warm_calls_take() -> None:
     for _ in range(50):
         pool.give_back(pool.borrow(SETTINGS, returns_soon=True))  # warm calls that return at once
     assert pool.call_time < broker_server.FIRST_CALL_ESTIMATE / 10
+
+
+def test_a_slow_duo_never_makes_a_call_wait_longer_than_max_wait(monkeypatch) -> None:
+    """Calls that took long (a slow Duo) lengthen the wait, up to MAX_WAIT and no further."""
+    monkeypatch.setattr(broker_server, "MAX_WAIT", 0.01)
+    made = Made()
+    pool = ClientPool(SETTINGS, factory=made, background=False)
+    pool.call_time = 3600.0  # as if warm calls had taken an hour
+    first = pool.borrow(SETTINGS, returns_soon=True)
+    second = pool.borrow(SETTINGS, returns_soon=True)  # same thread: ``first`` never comes back meanwhile
+    assert second is not first and made.clients == [first, second] and pool.waited == 0
